@@ -1,0 +1,58 @@
+"""Backends answer requests. One small protocol; any backend serves any task.
+
+    choice(requests)   -> list[ChoiceResult]
+    generate(requests) -> list[GenerateResult]
+    rolling(requests)  -> list[RollingResult]
+
+A backend that cannot answer a request type raises UserError naming the type and the backend.
+`fingerprint` identifies everything that changes answers (weights, dtype, numerics options); the
+cache is keyed by it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+from qwen_eval.errors import UserError
+from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
+
+
+class Backend(Protocol):
+    name: str
+    fingerprint: str
+    max_length: int
+    tokens_processed: int  # running count of prompt + generated tokens, for throughput reports
+
+    def describe(self) -> dict[str, Any]:
+        """name, path, dtype, fingerprint (and anything else worth recording in results.json)."""
+
+    def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]: ...
+
+    def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]: ...
+
+    def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]: ...
+
+
+BACKENDS = ("qwen", "hf", "replay", "openai")
+
+
+def build(model_cfg: Mapping[str, Any], *, seed: int = 1234) -> Backend:
+    """The backend named by `model.backend`, built from the `model` config group."""
+    kind = model_cfg.get("backend")
+    if kind == "qwen":
+        from qwen_eval.backends.qwen import QwenBackend
+        return QwenBackend.from_config(model_cfg, seed=seed)
+    if kind == "hf":
+        from qwen_eval.backends.hf import HFBackend
+        return HFBackend.from_config(model_cfg, seed=seed)
+    if kind == "replay":
+        from qwen_eval.backends.replay import ReplayBackend
+        return ReplayBackend.from_config(model_cfg)
+    if kind == "openai":
+        from qwen_eval.backends.openai import OpenAIBackend
+        return OpenAIBackend.from_config(model_cfg)
+    raise UserError(f"model.backend={kind!r} is not a backend; valid: {', '.join(BACKENDS)}")
+
+
+def unsupported(backend: str, kind: str, hint: str = "") -> UserError:
+    return UserError(f"backend {backend} cannot answer {kind} requests{'; ' + hint if hint else ''}")
