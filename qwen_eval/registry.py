@@ -23,7 +23,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "ceval": "qwen_eval.tasks.ceval:CEval",
     "cmmlu": "qwen_eval.tasks.cmmlu:CMMLU",
     "gsm8k": "qwen_eval.tasks.gsm8k:GSM8K",
-    "math": "qwen_eval.tasks.math:MATH",
+    "math": "qwen_eval.tasks.hendrycks_math:MATH",
     "bbh": "qwen_eval.tasks.bbh:BBH",
     "humaneval": "qwen_eval.tasks.humaneval:HumanEval",
     "mbpp": "qwen_eval.tasks.mbpp:MBPP",
