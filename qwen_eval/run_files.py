@@ -1,0 +1,171 @@
+"""Reading finished runs: results.json and the samples.jsonl beside it.
+
+A run folder holds `results.json` (the output contract) and `samples.jsonl` (one scored document
+per line). Tools that read many runs (`qwen-eval-table`, `qwen-eval-compare`) accept results.json
+files, run folders, folders of run folders (searched recursively) and glob patterns.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from qwen_eval.errors import UserError
+
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
+
+# Metrics that are not fractions in [0, 1]: shown as they are, and lower is better.
+_LOWER_IS_BETTER = re.compile(r"(^|/)(ppl|perplexity|loss|bpb|bpc|bits_per_byte)(@|$|_)")
+# The long-context metrics of arxiv_ppl: `<variant>/ppl@<length>`.
+PPL_METRIC = re.compile(r"^(?P<variant>.+)/ppl@(?P<length>\d+)$")
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One results.json and where it was read from."""
+
+    path: Path
+    results: dict[str, Any]
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path.parent / SAMPLES_FILE
+
+
+def is_fraction_metric(name: str) -> bool:
+    """Accuracy-like metrics are fractions (shown x100); perplexities and losses are not."""
+    return not _LOWER_IS_BETTER.search(name)
+
+
+def higher_is_better(name: str) -> bool:
+    return is_fraction_metric(name)
+
+
+def resolve_results_path(path: str | Path) -> Path:
+    """A results.json file, or a run folder that holds one directly."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; pass a results.json file or a run folder that holds one")
+    return path
+
+
+def find_results(patterns: Iterable[str | Path]) -> list[Path]:
+    """Expand files, folders (searched recursively for results.json) and glob patterns.
+
+    Order is stable (sorted within each pattern, patterns in the order given); a file named twice
+    is read once.
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        if glob.has_magic(text):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+        else:
+            matches = [Path(text)]
+            if not matches[0].exists():
+                raise UserError(f"{text}: no such file or folder")
+        files: list[Path] = []
+        for match in matches:
+            if match.is_dir():
+                files += sorted(match.rglob(RESULTS_FILE))
+            elif match.is_file():
+                files.append(match)
+        if not files:
+            raise UserError(f"{text}: no {RESULTS_FILE} found there")
+        found += files
+    unique: dict[Path, None] = {}
+    for f in found:
+        unique.setdefault(f.resolve(), None)
+    return list(unique)
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read and check one results.json: the fields every reader relies on must be there."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: expected a JSON object (a qwen-eval results.json)")
+    if not isinstance(results.get("task"), str):
+        raise UserError(f"{path}: field 'task' missing; is this a qwen-eval results.json?")
+    if not isinstance(results.get("metrics"), dict):
+        raise UserError(f"{path}: field 'metrics' missing or not an object")
+    model = results.get("model")
+    if not isinstance(model, dict) or not model.get("name"):
+        raise UserError(f"{path}: field 'model.name' missing")
+    return results
+
+
+def load_run(path: str | Path) -> Run:
+    path = resolve_results_path(path)
+    return Run(path=path, results=read_results(path))
+
+
+def load_runs(patterns: Iterable[str | Path]) -> list[Run]:
+    return [Run(path=p, results=read_results(p)) for p in find_results(patterns)]
+
+
+def headline(results: Mapping[str, Any]) -> tuple[str, float, float | None]:
+    """(metric name, value, stderr) of the run's headline metric."""
+    block = results.get("headline") or {}
+    metric = block.get("metric")
+    if metric is None:
+        raise UserError(f"results for task {results.get('task')!r}: field 'headline.metric' missing")
+    metrics = results.get("metrics", {})
+    value = block.get("value", metrics.get(metric))
+    stderr = block.get("stderr", metrics.get(f"{metric}_stderr"))
+    if not isinstance(value, (int, float)):
+        raise UserError(f"results for task {results.get('task')!r}: headline metric {metric!r} has no value")
+    return metric, float(value), _number_or_none(stderr)
+
+
+def created(results: Mapping[str, Any]) -> datetime:
+    """When the run was written; runs without a timestamp sort first."""
+    text = results.get("created")
+    if isinstance(text, str):
+        try:
+            stamp = datetime.fromisoformat(text)
+        except ValueError:
+            stamp = None
+        if stamp is not None:
+            return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def read_samples(path: str | Path) -> dict[str, float]:
+    """doc_id -> score from a samples.jsonl file (a bad line is a UserError naming it)."""
+    path = Path(path)
+    scores: dict[str, float] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            doc_id, score = str(record["doc_id"]), float(record["score"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{path}:{number}: expected a JSON object with 'doc_id' and a numeric 'score'") from None
+        scores[doc_id] = score
+    return scores
+
+
+def _number_or_none(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
