@@ -1,0 +1,284 @@
+"""The inference engine: answers Choice, Generate and Rolling requests with the bundled model.
+
+Where the speed comes from:
+  * one forward per context when every continuation is a single token (Qwen's MC protocol):
+    only the last position goes through lm_head;
+  * the prompt prefix shared by a batch (a subject's 5 shots, GSM8K's 8 shots) is computed once;
+    its KV is copied into every row and kept for the next batch that starts the same way;
+  * right-padded batches ordered by length, sized by a token budget;
+  * batched greedy/sampled decoding over a preallocated KV cache; rows leave when they stop.
+
+Answers do not depend on batch size, order or prefix reuse beyond float rounding: every row uses
+its own true positions and NTK alpha, and a prefix is only shared between rows whose alpha agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from qwen_eval.model.model import LongContextOptions, Qwen
+from qwen_eval.backends.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
+from qwen_eval.requests import (Choice, ChoiceResult, Generate, GenerateResult, LongContext, Rolling,
+                                RollingResult, cut_at_stop, request_key)
+
+MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
+LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
+
+
+def _options(lc: LongContext | None) -> LongContextOptions | None:
+    if lc is None:
+        return None
+    return LongContextOptions(use_dynamic_ntk=lc.use_dynamic_ntk, use_logn_attn=lc.use_logn_attn,
+                              window_attn=tuple(lc.window_attn) if lc.window_attn else False)
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+class Engine:
+    def __init__(self, model: Qwen, tokenizer, *, max_length: int = 2048, max_batch_tokens: int = 16384,
+                 seed: int = 1234):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_batch_tokens = max_batch_tokens
+        self.seed = seed
+        self.device = next(model.parameters()).device
+        self.tokens_processed = 0
+        # ids the tokenizer can decode; embedding rows past it are padding (spec quirk Q11)
+        self.decodable = min(getattr(tokenizer, "vocab_size", model.config.vocab_size), model.config.vocab_size)
+        self._prefix: tuple[tuple[int, ...], float, LongContextOptions | None, list[Tensor], list[Tensor]] | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Shared machinery: hidden states at wanted positions, with prefix reuse
+    def _shared_prefix(self, rows: Sequence[Sequence[int]], alphas: list[float], options,
+                       limit: int) -> tuple[int, list[Tensor] | None, list[Tensor] | None]:
+        """How many leading tokens all rows share and reuse from one KV (0: none), with that KV.
+
+        The KV of the last prefix is kept: a batch whose rows all start with it reuses it as is
+        when recomputing a slightly longer common prefix would cost more than it saves.
+        """
+        if len(rows) < 2 or len(set(alphas)) > 1:
+            return 0, None, None
+        shared = min(_common_prefix(rows), limit)
+        if shared < MIN_SHARED_PREFIX:
+            return 0, None, None
+        alpha = alphas[0]
+        if self._prefix is not None:
+            key, cached_alpha, cached_options, keys, values = self._prefix
+            p = len(key)
+            if (cached_alpha, cached_options) == (alpha, options) and p <= shared and tuple(rows[0][:p]) == key \
+                    and len(rows) * (shared - p) <= shared:
+                return p, keys, values
+        cache = self.model.new_cache(1, shared)
+        ids = torch.tensor([list(rows[0][:shared])], device=self.device)
+        self.model.prefill_cache(cache, ids, torch.tensor([shared], device=self.device), options, alphas=[alpha])
+        self.tokens_processed += shared
+        self._prefix = (tuple(rows[0][:shared]), alpha, options, cache.keys, cache.values)
+        return shared, cache.keys, cache.values
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Consecutive groups of `order` (sorted longest first) within the token budget."""
+        groups, current, width = [], [], 0
+        for i in order:
+            w = max(width, lengths[i])
+            if current and w * (len(current) + 1) > self.max_batch_tokens:
+                groups.append(current)
+                current, w = [], lengths[i]
+            current.append(i)
+            width = w
+        if current:
+            groups.append(current)
+        return groups
+
+    def _hidden(self, rows: list[list[int]], wanted: list[list[int]], options: LongContextOptions | None
+                ) -> list[Tensor]:
+        """Final hidden states [len(wanted[i]), D] of every token row at its wanted positions."""
+        out: list[Tensor | None] = [None] * len(rows)
+        alphas = self.model.row_alphas([len(r) for r in rows], options)
+        limit = min(min(len(r) for r in rows) - 1, min(min(w) for w in wanted))
+        shared, keys, values = self._shared_prefix(rows, alphas, options, limit)
+        suffix_len = [len(r) - shared for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: -suffix_len[i])
+        for group in self._batches(order, suffix_len):
+            width = max(suffix_len[i] for i in group)
+            ids = torch.zeros(len(group), width, dtype=torch.long)
+            for b, i in enumerate(group):
+                ids[b, :suffix_len[i]] = torch.tensor(rows[i][shared:])
+            ids = ids.to(self.device)
+            lengths = torch.tensor([suffix_len[i] for i in group], device=self.device)
+            if shared:
+                cache = self.model.new_cache(len(group), shared + width)
+                cache.load_prefix(keys, values, alphas[0])
+                hidden = self.model(ids, cache=cache, lengths=lengths, options=options, return_hidden=True)
+            else:
+                hidden = self.model(ids, lengths=lengths, options=options, return_hidden=True)
+            self.tokens_processed += int(lengths.sum())
+            for b, i in enumerate(group):
+                idx = torch.tensor([p - shared for p in wanted[i]], device=self.device)
+                out[i] = hidden[b].index_select(0, idx)
+        return out  # type: ignore[return-value]
+
+    def score_rows(self, rows: list[ScoringRow], options: LongContextOptions | None = None
+                   ) -> list[tuple[list[float], list[bool]]]:
+        """Per row: log p(target | tokens up to its position), and whether it is the argmax."""
+        if not rows:
+            return []
+        wanted = [sorted(set(r.positions)) for r in rows]
+        hidden = self._hidden([r.tokens for r in rows], wanted, options)
+        scores = []
+        for row, h, w in zip(rows, hidden, wanted):
+            logprobs = torch.log_softmax(self.model.logits(h).float(), dim=-1)
+            best = logprobs.argmax(-1).tolist()
+            at = {p: i for i, p in enumerate(w)}
+            scores.append(([float(logprobs[at[p], t]) for p, t in zip(row.positions, row.targets)],
+                           [best[at[p]] == t for p, t in zip(row.positions, row.targets)]))
+        return scores
+
+    # ------------------------------------------------------------------------------------------
+    # Choice
+    @torch.inference_mode()
+    def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]:
+        rows, plans = plan_choices(requests, self.tokenizer.encode, self.max_length)
+        return choice_results(plans, self.score_rows(rows))
+
+    # ------------------------------------------------------------------------------------------
+    # Rolling (perplexity)
+    @torch.inference_mode()
+    def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]:
+        results = []
+        for r in requests:
+            ids = self.tokenizer.encode(r.text)
+            total = len(ids)
+            if r.first_tokens is not None:
+                if total < r.first_tokens:
+                    results.append(RollingResult(0.0, 0, total))
+                    continue
+                ids = ids[:r.first_tokens]
+            options = _options(r.long_context)
+            loglik, scored = 0.0, 0
+            for start, end, first in rolling_windows(len(ids), r.max_length or self.max_length, r.stride):
+                loglik += self._window_loglik(ids[start:end], first - start, options)
+                scored += end - first
+            results.append(RollingResult(loglik, scored, total))
+        return results
+
+    def _window_loglik(self, tokens: list[int], first_target: int, options) -> float:
+        """Sum of log p(tokens[j] | tokens[:j]) for j >= first_target, in one forward pass.
+
+        The loss is taken in chunks of positions so an [L, V] fp32 logits tensor never exists.
+        """
+        ids = torch.tensor([tokens], device=self.device)
+        hidden = self.model(ids, options=options, return_hidden=True)[0]
+        self.tokens_processed += len(tokens)
+        targets = ids[0, first_target:]
+        h = hidden[first_target - 1:len(tokens) - 1]
+        chunk = max(1, LOSS_CHUNK_ELEMENTS // self.model.config.vocab_size)
+        total = 0.0
+        for s in range(0, h.shape[0], chunk):
+            logprobs = torch.log_softmax(self.model.logits(h[s:s + chunk]).float(), dim=-1)
+            total += float(logprobs.gather(1, targets[s:s + chunk, None]).sum())
+        return total
+
+    # ------------------------------------------------------------------------------------------
+    # Generate
+    def _row_generator(self, request: Generate, sample: int) -> torch.Generator | None:
+        if request.temperature <= 0:
+            return None
+        digest = hashlib.sha256(f"{request_key(request)}:{sample}:{self.seed}".encode()).digest()
+        return torch.Generator(device=self.device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+    def _next_tokens(self, logits: Tensor, requests: list[Generate], generators: list) -> Tensor:
+        logits = logits.float()
+        logits[:, self.decodable:] = float("-inf")
+        chosen = logits.argmax(-1)
+        for b, (r, g) in enumerate(zip(requests, generators)):
+            if g is None:
+                continue
+            row = logits[b] / r.temperature
+            if r.top_k > 0:
+                kth = torch.topk(row, min(r.top_k, row.shape[0])).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            probs = torch.softmax(row, dim=-1)
+            if r.top_p < 1.0:
+                sorted_p, idx = torch.sort(probs, descending=True)
+                drop = sorted_p.cumsum(0) - sorted_p > r.top_p  # keep the smallest set reaching top_p
+                sorted_p[drop] = 0
+                probs = torch.zeros_like(probs).scatter_(0, idx, sorted_p)
+            chosen[b] = torch.multinomial(probs, 1, generator=g)[0]
+        return chosen
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
+        rows = [(i, s) for i, r in enumerate(requests) for s in range(r.n)]
+        prompts = self.tokenizer.encode_batch([r.context for r in requests])
+        texts: dict[tuple[int, int], str] = {}
+        order = sorted(range(len(rows)), key=lambda k: -len(prompts[rows[k][0]]))
+        budget_len = [len(prompts[rows[k][0]]) + requests[rows[k][0]].max_new_tokens for k in range(len(rows))]
+        for group in self._batches(order, budget_len):
+            group_rows = [rows[k] for k in group]
+            outs = self._generate_group([prompts[i] for i, _ in group_rows], [requests[i] for i, _ in group_rows],
+                                        [self._row_generator(requests[i], s) for i, s in group_rows])
+            texts.update(zip(group_rows, outs))
+        return [GenerateResult(tuple(texts[(i, s)] for s in range(r.n))) for i, r in enumerate(requests)]
+
+    def _generate_group(self, prompts: list[list[int]], requests: list[Generate], generators: list) -> list[str]:
+        n = len(prompts)
+        lengths = [len(p) for p in prompts]
+        alphas = self.model.row_alphas(lengths)  # NTK alpha fixed at prefill, as Qwen does
+        shared, keys, values = self._shared_prefix(prompts, alphas, None, min(lengths) - 1)
+        width = max(lengths) - shared
+        max_new = max(r.max_new_tokens for r in requests)
+        cache = self.model.new_cache(n, shared + width + max_new)
+        ids = torch.zeros(n, width, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, :len(p) - shared] = torch.tensor(p[shared:])
+        ids = ids.to(self.device)
+        suffix = torch.tensor([ln - shared for ln in lengths], device=self.device)
+        if shared:
+            cache.load_prefix(keys, values, alphas[0])
+            hidden = self.model(ids, cache=cache, lengths=suffix, return_hidden=True)
+        else:
+            hidden = self.model.prefill_cache(cache, ids, suffix)
+        self.tokens_processed += int(suffix.sum())
+        last = hidden[torch.arange(n, device=self.device), suffix - 1]
+        logits = self.model.logits(last)
+
+        eod = self.tokenizer.eod_id
+        stop_bytes = [[s.encode("utf-8") for s in r.stop if s] for r in requests]
+        tail = [max((len(s) for s in sb), default=0) + 1 for sb in stop_bytes]
+        generated: list[list[int]] = [[] for _ in range(n)]
+        active = list(range(n))  # original row index of each cache row
+        while active:
+            chosen = self._next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active]).tolist()
+            keep = []
+            for pos, (i, tok) in enumerate(zip(active, chosen)):
+                if tok == eod:
+                    continue
+                generated[i].append(tok)
+                recent = self.tokenizer.decode_bytes(generated[i][-tail[i]:])
+                if any(s in recent for s in stop_bytes[i]) or len(generated[i]) >= requests[i].max_new_tokens:
+                    continue
+                keep.append(pos)
+            self.tokens_processed += len(active)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                cache.keep_rows(torch.tensor(keep, device=self.device))
+                active = [active[p] for p in keep]
+                chosen = [chosen[p] for p in keep]
+            step = torch.tensor(chosen, device=self.device)[:, None]
+            logits = self.model(step, cache=cache)[:, -1]
+        return [cut_at_stop(self.tokenizer.decode(g), r.stop) for g, r in zip(generated, requests)]
