@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Sequence, Union
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,14 @@ def result_to_json(result: Response) -> str:
 def result_from_json(kind: str, text: str) -> Response:
     fields = json.loads(text)
     return RESULT_TYPES[kind](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the earliest occurrence of any stop string (the Generate contract)."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1 and i < cut:
+                cut = i
+    return text[:cut]

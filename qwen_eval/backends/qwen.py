@@ -1,0 +1,144 @@
+"""The bundled Qwen backend: `model=tiny`, `model=qwen-14b`, `model=qwen-7b`, or any `model.path`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from qwen_eval.errors import UserError
+from qwen_eval.model.engine import Engine
+from qwen_eval.model.model import PRESETS, Qwen, QwenConfig, init_weights, window_schedule
+from qwen_eval.model.tokenizer import load_tokenizer
+from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
+
+ENGINE_VERSION = "1"  # bump when a change to the engine changes answers (invalidates cached ones)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"model.device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"model.device={name} but CUDA is not available here; use model.device=cpu")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a CUDA device that supports it (fp16 otherwise), fp32 on CPU."""
+    if name in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise UserError(f"model.dtype={name!r} is not supported; use auto, float32, bfloat16 or float16")
+    return table[name]
+
+
+def window_sizes(setting: Any, cfg: QwenConfig) -> tuple[int, ...] | None:
+    """`model.window_attn`: null (off), "schedule" (our documented default bands), or a list."""
+    if setting in (None, False, "off", "none"):
+        return None
+    if setting in (True, "schedule", "default"):
+        return window_schedule(cfg.num_layers, cfg.seq_length)
+    sizes = tuple(int(w) for w in setting)
+    if len(sizes) != cfg.num_layers:
+        raise UserError(f"model.window_attn has {len(sizes)} sizes but the model has {cfg.num_layers} layers")
+    return sizes
+
+
+def build_tiny(seed: int = 0, **overrides) -> Qwen:
+    """The seeded random tiny Qwen (real vocabulary, a few million parameters besides embeddings)."""
+    return init_weights(Qwen(QwenConfig.preset("tiny", **overrides)), seed)
+
+
+def _weights_fingerprint(path: Path) -> str:
+    """Config plus each weight file's name, size and first/last MiB: cheap on 28 GB, and it
+    changes whenever the weights do."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".tiktoken"))
+    for p in files:
+        h.update(p.name.encode())
+        size = p.stat().st_size
+        h.update(str(size).encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), 2)
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+class QwenBackend:
+    def __init__(self, engine: Engine, *, name: str, path: str | None, fingerprint: str):
+        self.engine = engine
+        self.name = name
+        self.path = path
+        self.max_length = engine.max_length
+        self.fingerprint = fingerprint
+
+    @property
+    def tokens_processed(self) -> int:
+        return self.engine.tokens_processed
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], *, seed: int = 1234) -> "QwenBackend":
+        device = resolve_device(cfg.get("device"))
+        dtype = resolve_dtype(cfg.get("dtype"), device)
+        preset = cfg.get("preset")
+        path = cfg.get("path")
+        if preset == "tiny" and not path:
+            model = build_tiny(int(cfg.get("init_seed", 0)))
+            weights_id = f"tiny-seed{int(cfg.get('init_seed', 0))}"
+            checkpoint_dir = None
+        else:
+            if not path:
+                raise UserError(f"model={cfg.get('name')} needs model.path=DIR (a local checkpoint folder)")
+            from qwen_eval.model.loading import from_pretrained, resolve_checkpoint
+
+            checkpoint_dir = resolve_checkpoint(path)
+            model = from_pretrained(checkpoint_dir, dtype=dtype, device=device)
+            weights_id = _weights_fingerprint(Path(checkpoint_dir))
+        mc = model.config
+        for key in ("use_dynamic_ntk", "use_logn_attn"):
+            if cfg.get(key) is not None:
+                setattr(mc, key, bool(cfg[key]))
+        mc.window_attn = window_sizes(cfg.get("window_attn"), mc)
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        tokenizer = load_tokenizer(checkpoint_dir, cfg.get("tokenizer_path"))
+        max_length = int(cfg.get("max_length") or mc.seq_length)
+        engine = Engine(model, tokenizer, max_length=max_length,
+                        max_batch_tokens=int(cfg.get("max_batch_tokens") or 16384), seed=seed)
+        numerics = {"config": dataclasses.asdict(mc), "dtype": str(dtype), "max_length": max_length,
+                    "weights": weights_id, "engine": ENGINE_VERSION, "seed": seed}
+        fingerprint = hashlib.sha256(json.dumps(numerics, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        backend = cls(engine, name=str(cfg.get("name") or "qwen"), path=path, fingerprint=fingerprint)
+        backend.dtype = str(dtype).removeprefix("torch.")
+        backend.device = str(device)
+        return backend
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.engine.model.config
+        return {"name": self.name, "backend": "qwen", "path": self.path, "dtype": self.dtype,
+                "device": self.device, "fingerprint": self.fingerprint,
+                "parameters": sum(p.numel() for p in self.engine.model.parameters()),
+                "seq_length": cfg.seq_length, "use_dynamic_ntk": cfg.use_dynamic_ntk,
+                "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None}
+
+    def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]:
+        return self.engine.choice(requests)
+
+    def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
+        return self.engine.generate(requests)
+
+    def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]:
+        return self.engine.rolling(requests)

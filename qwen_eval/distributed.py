@@ -1,0 +1,68 @@
+"""Data parallelism under torchrun: each rank answers its share, rank 0 gathers.
+
+Nothing here is a cluster framework: when `torchrun` sets WORLD_SIZE > 1 we initialise
+torch.distributed (NCCL on CUDA, gloo otherwise) and use `all_gather_object`; without torchrun
+every function is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Initialise the process group once when launched by torchrun with more than one process."""
+    if world_size() <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend)
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (a one-element list for a single process)."""
+    if world_size() <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,121 @@
+"""Answering a task's requests: dedupe, cache hits, sort, batch, shard over ranks, progress.
+
+    evaluate(task, docs, backend, cache=...)   # requests -> answers -> samples -> metrics
+
+Requests are sorted by their text before batching. Sorting lexicographically (rather than by
+length alone) keeps requests that share a few-shot prefix — every question of one MMLU subject,
+every GSM8K question — next to each other, so a batch shares one long prefix that the bundled
+engine computes once; the engine then orders each batch by length for padding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from qwen_eval import distributed
+from qwen_eval.backends import Backend
+from qwen_eval.cache import AnswerCache
+from qwen_eval.requests import Request, Response, request_key, result_from_json, result_to_json
+from qwen_eval.task import Doc, Sample, Task
+
+
+@dataclass
+class EvalResult:
+    samples: list[Sample]
+    metrics: dict[str, float]
+    requests_total: int
+    requests_cached: int
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def _sort_text(request: Request) -> str:
+    return request.text if request.kind == "rolling" else request.context
+
+
+def _call(backend: Backend, kind: str, batch: list[Request]) -> list[Response]:
+    method = {"choice": backend.choice, "generate": backend.generate, "rolling": backend.rolling}[kind]
+    results = method(batch)
+    if len(results) != len(batch):
+        raise RuntimeError(f"backend {backend.name} returned {len(results)} answers for {len(batch)} {kind} requests")
+    return results
+
+
+def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: AnswerCache | None = None,
+                    batch_size: int = 16, progress: bool = False) -> tuple[list[Response], dict[str, float]]:
+    """Answers aligned with `requests`, and run statistics (counts, seconds, tokens/s).
+
+    Under torchrun every rank calls this with the same requests; each answers its share of the
+    uncached batches and all ranks return the full list.
+    """
+    start = time.perf_counter()
+    keys = [request_key(r) for r in requests]
+    unique: dict[str, Request] = dict(zip(keys, requests))
+    answers: dict[str, Response] = cache.get_many(backend.fingerprint, list(unique)) if cache else {}
+    n_cached = len(answers)
+
+    todo = sorted((k for k in unique if k not in answers), key=lambda k: (unique[k].kind, _sort_text(unique[k])))
+    batches: list[tuple[str, list[str]]] = []
+    for kind in ("choice", "generate", "rolling"):
+        kind_keys = [k for k in todo if unique[k].kind == kind]
+        batches += [(kind, kind_keys[i:i + batch_size]) for i in range(0, len(kind_keys), batch_size)]
+    my_batches = batches[distributed.rank()::distributed.world_size()]
+
+    tokens_before = backend.tokens_processed
+    bar = tqdm(total=sum(len(b) for _, b in my_batches), desc=f"{backend.name}", unit="req",
+               disable=not progress or not distributed.is_main(), dynamic_ncols=True)
+    computed: dict[str, Response] = {}
+    for kind, batch_keys in my_batches:
+        results = _call(backend, kind, [unique[k] for k in batch_keys])
+        fresh = dict(zip(batch_keys, results))
+        if cache:
+            cache.put_many(backend.fingerprint, [(k, kind, r) for k, r in fresh.items()])
+        computed.update(fresh)
+        bar.update(len(batch_keys))
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(tok_s=f"{(backend.tokens_processed - tokens_before) / elapsed:.0f}", refresh=False)
+    bar.close()
+
+    if distributed.world_size() > 1:
+        shared = {k: (unique[k].kind, result_to_json(r)) for k, r in computed.items()}
+        for part in distributed.all_gather(shared):
+            for k, (kind, text) in part.items():
+                answers[k] = result_from_json(kind, text)
+    else:
+        answers.update(computed)
+
+    seconds = time.perf_counter() - start
+    tokens = backend.tokens_processed - tokens_before
+    stats = {"requests_total": len(unique), "requests_cached": n_cached, "wall_seconds": seconds,
+             "tokens": tokens, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+             "requests_per_second": (len(unique) - n_cached) / seconds if seconds > 0 else 0.0}
+    return [answers[k] for k in keys], stats
+
+
+def evaluate(task: Task, docs: Sequence[Doc], backend: Backend, *, cache: AnswerCache | None = None,
+             batch_size: int = 16, progress: bool = False) -> EvalResult:
+    """Run one task over `docs`: build requests, answer them, score every document, aggregate.
+
+    Under torchrun only rank 0 scores (scoring may execute code in the sandbox); other ranks
+    return an EvalResult with no samples.
+    """
+    per_doc = [list(task.requests(doc)) for doc in docs]
+    bind = getattr(backend, "bind_documents", None)
+    if bind is not None:
+        bind({doc.doc_id: reqs for doc, reqs in zip(docs, per_doc)})
+    flat = [r for reqs in per_doc for r in reqs]
+    responses, stats = answer_requests(flat, backend, cache=cache, batch_size=batch_size, progress=progress)
+    if not distributed.is_main():
+        return EvalResult([], {}, int(stats["requests_total"]), int(stats["requests_cached"]), stats)
+
+    score_start = time.perf_counter()
+    samples, offset = [], 0
+    for doc, reqs in zip(docs, per_doc):
+        samples.append(task.score(doc, responses[offset:offset + len(reqs)]))
+        offset += len(reqs)
+    metrics = task.aggregate(samples)
+    stats["scoring_seconds"] = time.perf_counter() - score_start
+    return EvalResult(samples, metrics, int(stats["requests_total"]), int(stats["requests_cached"]), stats)
