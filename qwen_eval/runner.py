@@ -89,7 +89,7 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
 
     seconds = time.perf_counter() - start
     tokens = backend.tokens_processed - tokens_before
-    stats = {"requests_total": len(unique), "requests_cached": n_cached, "wall_seconds": seconds,
+    stats = {"requests_total": len(unique), "requests_cached": n_cached, "answer_seconds": seconds,
              "tokens": tokens, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
              "requests_per_second": (len(unique) - n_cached) / seconds if seconds > 0 else 0.0}
     return [answers[k] for k in keys], stats

@@ -1,0 +1,159 @@
+"""`qwen-eval`: the Hydra command line.
+
+    qwen-eval task=mmlu shots=5 model=qwen-14b model.path=/ckpt/Qwen-14B
+    qwen-eval -m task=mmlu,ceval shots=0,5                 # multirun (sequential sweep)
+    qwen-eval suite=model_card model=tiny data.source=sample
+
+Bad input (unknown task or model, bad override, missing data, malformed rows, unreadable
+checkpoint) prints one line on stderr and exits 2; `debug=true` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from qwen_eval import distributed, registry
+from qwen_eval.errors import UserError
+
+CONFIG_MODULE = "qwen_eval.conf"
+PROG = "qwen-eval"
+EXIT_USAGE = 2
+_HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
+                     "-sc", "--version", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    """One line on stderr, then exit."""
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# ----------------------------------------------------------------------------------------------
+# Third-party tasks have no YAML in our config package: give Hydra a node for each of them.
+
+def register_plugin_tasks() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    builtin_yaml = {p.stem for p in Path(str(_conf_dir()), "task").glob("*.yaml")}
+    store = ConfigStore.instance()
+    for name, target in registry.plugin_tasks().items():
+        if name in builtin_yaml:
+            continue
+        try:
+            options = registry.task_class(name).default_options()
+        except Exception as e:  # a broken plugin must not break the other tasks
+            print(f"{PROG}: warning: task plugin {name} ({target}) failed to load: {e}", file=sys.stderr)
+            continue
+        store.store(group="task", name=name, node={"name": name, **options})
+
+
+def _conf_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files(CONFIG_MODULE)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition errors become one line before Hydra gets a chance to print a multi-line report.
+
+def _overrides(argv: list[str]) -> list[str]:
+    return [a for a in argv if not a.startswith("-")]
+
+
+def _expand_sweeps(overrides: list[str], limit: int = 64) -> list[list[str]]:
+    """The concrete override lists of a multirun sweep (`a=1,2 b=x,y` -> 4 lists)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            choices.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            choices.append([f"{key}={ov.get_value_element_as_str()}"] if not ov.is_delete() else [ov.input_line])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
+
+
+def _hydra_error_line(e: BaseException) -> str:
+    while not str(e).strip() and e.__cause__ is not None:  # Hydra wraps the informative error
+        e = e.__cause__
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Could not find" in text and "Available options" in text:
+        group = text.split("Could not find '", 1)[1].split("/", 1)[0]
+        options = [ln for ln in lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1:]]
+        wanted = text.split("Could not find '", 1)[1].split("'", 1)[0].split("/", 1)[-1]
+        return f"unknown {group} {wanted!r}; valid {group}s: {', '.join(options)}"
+    if "Key '" in text and "is not in struct" in text:
+        key = text.split("Key '", 1)[1].split("'", 1)[0]
+        full = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), key)
+        return f"unknown config key {full!r} (see `qwen-eval --cfg job` for the keys; prefix with + to add a new one)"
+    return lines[0] if lines else type(e).__name__
+
+
+def validate(argv: list[str]) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    multirun = "-m" in argv or "--multirun" in argv
+    try:
+        combos = _expand_sweeps(_overrides(argv)) if multirun else [_overrides(argv)]
+    except Exception as e:
+        fail(f"bad override: {_hydra_error_line(e)}")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        for overrides in combos:
+            try:
+                cfg = compose(config_name="config", overrides=overrides)
+                OmegaConf.to_container(cfg, resolve=False)
+            except (HydraException, OmegaConfBaseException, ValueError) as e:
+                fail(f"bad override: {_hydra_error_line(e)}")
+    GlobalHydra.instance().clear()
+
+
+# ----------------------------------------------------------------------------------------------
+
+@hydra.main(config_path="pkg://qwen_eval.conf", config_name="config", version_base="1.3")
+def _hydra_entry(cfg: DictConfig) -> None:
+    try:
+        from qwen_eval.evaluation import run
+
+        run(cfg)
+    except UserError as e:
+        if cfg.get("debug"):
+            traceback.print_exc()
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; finished requests are in the cache, rerun the same command to resume", 130)
+    except Exception as e:
+        if cfg.get("debug"):
+            raise
+        fail(f"{type(e).__name__}: {e} (rerun with debug=true for the traceback)", 1)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    distributed.init()
+    register_plugin_tasks()
+    if not any(a in _HYDRA_INFO_FLAGS or a.split("=")[0] in _HYDRA_INFO_FLAGS for a in argv):
+        validate(argv)
+    try:
+        _hydra_entry()
+    finally:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":  # python -m qwen_eval.cli
+    main()

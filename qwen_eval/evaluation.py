@@ -1,0 +1,160 @@
+"""One run, from a composed config to the files in its run folder (the flow of ARCHITECTURE.md).
+
+    task    = registry.task_class(cfg.task.name)(options, shots, protocol, seed)
+    docs    = task.load(cfg.data, cfg.limit)
+    backend = backends.build(cfg.model)
+    result  = runner.evaluate(task, docs, backend, cache)
+    write     results.json, samples.jsonl, table.md
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from qwen_eval import distributed, output, registry
+from qwen_eval.backends import Backend, build
+from qwen_eval.cache import AnswerCache
+from qwen_eval.errors import UserError
+from qwen_eval.runner import EvalResult, evaluate
+from qwen_eval.task import DataSpec, Task
+
+DATA_SOURCES = ("auto", "local", "hub", "sample")
+PROTOCOLS = ("qwen", "clean")
+
+
+def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -> Task:
+    name = task_cfg["name"]
+    cls = registry.task_class(name)
+    options = {k: v for k, v in task_cfg.items() if k != "name"}
+    shots = cfg.shots if shots is None else shots
+    if shots is not None:
+        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
+            raise UserError(f"shots={shots!r} is not a whole number >= 0")
+        if cls.max_shots is not None and shots > cls.max_shots:
+            raise UserError(f"task {name} supports shots from 0 to {cls.max_shots}, not {shots}")
+    if cfg.protocol not in PROTOCOLS:
+        raise UserError(f"protocol={cfg.protocol!r} is not a protocol; valid: {', '.join(PROTOCOLS)}")
+    return cls(options, shots=shots, protocol=cfg.protocol, seed=int(cfg.seed))
+
+
+def data_spec(cfg: DictConfig) -> DataSpec:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    source = data.pop("source", "auto")
+    if source not in DATA_SOURCES:
+        raise UserError(f"data.source={source!r} is not a source; valid: {', '.join(DATA_SOURCES)}")
+    path = data.pop("path", None)
+    return DataSpec(source=source, path=str(path) if path is not None else None, options=data)
+
+
+def open_cache(cfg: DictConfig) -> AnswerCache | None:
+    if not cfg.get("cache_dir"):
+        return None
+    return AnswerCache(Path(str(cfg.cache_dir)).expanduser() / "answers.sqlite")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
+    stem = _slug(f"{task.name}-{task.shots}shot-{model_name}")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return Path(hc.sweep.dir) / f"{hc.job.num}-{stem}"
+    except ValueError:  # not inside a Hydra app (tests, the Python API)
+        pass
+    base = Path("results") / "runs" / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 2
+    while out.exists():
+        out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return out
+
+
+def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataSpec, docs, cfg: DictConfig,
+                   prompts_fingerprint: str, started: float) -> dict[str, Any]:
+    metrics = result.metrics
+    headline = task.headline
+    if headline not in metrics:
+        raise RuntimeError(f"task {task.name} reported no {headline!r} metric (has: {', '.join(metrics)})")
+    record = {
+        "task": task.name,
+        "task_version": task.version,
+        "shots": task.shots,
+        "protocol": task.protocol,
+        "model": backend.describe(),
+        "metrics": metrics,
+        "headline": {"metric": headline, "value": metrics[headline], "stderr": metrics.get(f"{headline}_stderr")},
+        "model_card_column": task.model_card_column,
+        "n_samples": len(result.samples),
+        "requests": {"total": result.requests_total, "cached": result.requests_cached},
+        "data": {"source": spec.resolved_source(), "path": spec.path, "fingerprint": output.fingerprint(docs)},
+        "prompt_fingerprint": prompts_fingerprint,
+        "task_config": task.describe(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": output.package_versions(),
+        "git_commit": output.git_commit(),
+        "timing": {"wall_seconds": time.time() - started, **{k: v for k, v in result.timing.items()
+                                                              if k not in ("requests_total", "requests_cached")}},
+        "world_size": distributed.world_size(),
+        "created": output.now_iso(),
+    }
+    run_info = getattr(task, "run_info", None)
+    if callable(run_info):
+        record["extra"] = run_info()
+    return record
+
+
+def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache | None,
+             output_dir: Path | None = None) -> dict[str, Any] | None:
+    """Evaluate one task and write its run folder; the results record (None on ranks > 0)."""
+    started = time.time()
+    spec = data_spec(cfg)
+    limit = cfg.limit
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise UserError(f"limit={limit!r} must be a whole number >= 1 (or null for everything)")
+    docs = task.load(spec, limit)
+    if not docs:
+        raise UserError(f"task {task.name}: no documents loaded from {spec.path or spec.resolved_source()}")
+    result = evaluate(task, docs, backend, cache=cache, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
+    if not distributed.is_main():
+        return None
+    prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text
+                                 for d in docs for r in task.requests(d))
+    record = results_record(task, backend, result, spec, docs, cfg, prompts, started)
+    out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name))
+    out.mkdir(parents=True, exist_ok=True)
+    output.write_samples(out / "samples.jsonl", result.samples)
+    write_artifacts = getattr(task, "write_artifacts", None)
+    if callable(write_artifacts):
+        record.setdefault("artifacts", [str(p.name) for p in write_artifacts(out, record)])
+    output.write_json(out / "results.json", record)
+    (out / "table.md").write_text(output.run_table_markdown(record), encoding="utf-8")
+    head = record["headline"]
+    se = f" ± {100 * head['stderr']:.1f}" if head.get("stderr") is not None else ""
+    value = head["value"]
+    shown = f"{100 * value:.1f}{se}%" if 0 <= value <= 1 else f"{value:.4g}"
+    print(f"{task.name} ({task.shots}-shot, {backend.name}): {head['metric']} = {shown}  "
+          f"[{record['n_samples']} docs, {result.requests_cached}/{result.requests_total} cached, "
+          f"{record['timing']['wall_seconds']:.1f}s] -> {out}", file=sys.stderr)
+    return record
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | list | None:
+    if cfg.get("suite"):
+        from qwen_eval.suite import run_suite
+
+        return run_suite(cfg)
+    task = make_task(cfg.task, cfg)
+    backend = build(OmegaConf.to_container(cfg.model, resolve=True), seed=int(cfg.seed))
+    return run_task(cfg, task, backend, open_cache(cfg))

