@@ -315,3 +315,17 @@ def test_real_mmlu_protocols_differ_exactly_on_the_none_cells(shared_data):
     for _, ours, theirs in differ:
         assert [i for i in range(4) if ours[i] != theirs[i]] == [i for i in range(4) if theirs[i] == "None"]
         assert all(c == "nan" for c, t in zip(ours, theirs) if t == "None")
+
+
+def test_golden_fixtures_and_samples_are_real_rows(shared_data):
+    # Fixtures are whole upstream files (so pandas infers the same column types as on the real
+    # data); samples are a header and the first rows of upstream files, byte for byte.
+    fixtures = sorted(FIXTURES.rglob("*.csv"))
+    data = Path(multiple_choice.__file__).parent / "data"
+    samples = sorted(p for task in ("mmlu", "ceval", "cmmlu") for p in (data / task).rglob("*.csv"))
+    assert len(fixtures) == 12 and len(samples) == 26
+    for path in fixtures:
+        assert path.read_bytes() == (shared_data / path.relative_to(FIXTURES)).read_bytes(), path
+    for path in samples:
+        real = (shared_data / path.relative_to(path.parents[2])).read_bytes()
+        assert real.startswith(path.read_bytes()), path
