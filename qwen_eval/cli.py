@@ -90,13 +90,14 @@ def _hydra_error_line(e: BaseException) -> str:
     text = str(e).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if "Could not find" in text and "Available options" in text:
-        group = text.split("Could not find '", 1)[1].split("/", 1)[0]
-        options = [ln for ln in lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1:]]
-        wanted = text.split("Could not find '", 1)[1].split("'", 1)[0].split("/", 1)[-1]
-        return f"unknown {group} {wanted!r}; valid {group}s: {', '.join(options)}"
-    if "Key '" in text and "is not in struct" in text:
-        key = text.split("Key '", 1)[1].split("'", 1)[0]
-        full = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), key)
+        wanted = text.split("Could not find '", 1)[1].split("'", 1)[0]
+        group, _, name = wanted.rpartition("/")
+        raw = text.split("Available options", 1)[1].splitlines()[1:]
+        options = [ln.strip() for ln in itertools.takewhile(lambda ln: ln.startswith(("\t", " ")) and ln.strip(), raw)]
+        return f"unknown {group} {name!r}; valid {group}s: {', '.join(options)}"
+    if text.startswith("Could not override '") or ("Key '" in text and "is not in struct" in text):
+        marker = "Could not override '" if text.startswith("Could not override '") else "Key '"
+        full = text.split(marker, 1)[1].split("'", 1)[0]
         return f"unknown config key {full!r} (see `qwen-eval --cfg job` for the keys; prefix with + to add a new one)"
     return lines[0] if lines else type(e).__name__
 

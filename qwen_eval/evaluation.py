@@ -70,8 +70,8 @@ def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return Path(hc.sweep.dir) / f"{hc.job.num}-{stem}"
+        if hc.mode == RunMode.MULTIRUN:  # Hydra's job folder: <sweep.dir>/<num>-<task>-<model>
+            return Path(hc.runtime.output_dir)
     except ValueError:  # not inside a Hydra app (tests, the Python API)
         pass
     base = Path("results") / "runs" / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

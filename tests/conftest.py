@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Never the user's ~/.cache: module-scoped fixtures run before the per-test cache below.
+os.environ["QWEN_EVAL_CACHE"] = tempfile.mkdtemp(prefix="qwen-eval-test-cache-")
 
 
 @pytest.fixture(scope="session")
