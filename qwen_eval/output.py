@@ -98,13 +98,16 @@ def write_samples(path: Path, samples: Sequence[Sample]) -> None:
 
 
 def run_table_markdown(results: Mapping[str, Any]) -> str:
-    """This run beside the model card's reported numbers for the same benchmark."""
+    """This run beside the model card's reported numbers for the same benchmark: the columns the
+    run fills, and the reference rows that report them."""
     from qwen_eval import tables
 
-    table = tables.build_tables([dict(results)])
-    parts = [f"# {results['task']} — {results['model']['name']}\n"]
-    for df in table.values():
-        parts.append(tables.to_markdown(df))
+    parts = [f"# {results['task']} ({results['shots']}-shot) — {results['model']['name']}\n"]
+    for table in tables.build_tables([dict(results)], stderr=True).values():
+        measured = [row for row, kind in table.attrs.get("row_kinds", {}).items() if kind == "measured"]
+        columns = [c for c in table.columns if table.loc[measured, c].notna().any()] if measured else list(table.columns)
+        rows = [r for r in table.index if table.loc[r, columns].notna().any()]
+        parts.append(tables.to_markdown(table.loc[rows, columns]))
     return "\n\n".join(parts) + "\n"
 
 
