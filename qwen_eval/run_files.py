@@ -29,14 +29,21 @@ PPL_METRIC = re.compile(r"^(?P<variant>.+)/ppl@(?P<length>\d+)$")
 
 @dataclass(frozen=True, eq=False)
 class Run:
-    """One results.json and where it was read from."""
+    """One results.json and where it was read from (None for results handed over in memory)."""
 
-    path: Path
+    path: Path | None
     results: dict[str, Any]
 
     @property
-    def samples_path(self) -> Path:
-        return self.path.parent / SAMPLES_FILE
+    def samples_path(self) -> Path | None:
+        return None if self.path is None else self.path.parent / SAMPLES_FILE
+
+    def describe(self) -> str:
+        """How to name this run in a message: its file, else task, model and time."""
+        if self.path is not None:
+            return str(self.path)
+        model = (self.results.get("model") or {}).get("name")
+        return f"{self.results.get('task')} run of {model} created {self.results.get('created', '?')}"
 
 
 def is_fraction_metric(name: str) -> bool:
