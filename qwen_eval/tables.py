@@ -79,10 +79,13 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     runs = [run for run in _as_runs(results) if not is_long_context(run.results)]
     refs = [ref for ref in (references if references is not None else [load_model_card()])
             if ref.kind == "benchmarks"]
-    card_shots: dict[str, int] = {}
+    card_shots: dict[str, int] = {}  # the shot count a benchmark's numbers are reported at
     for ref in refs:
         for column, shots in ref.shots.items():
             card_shots.setdefault(column, shots)
+    declared = list(card_shots.items())  # columns the references define: always shown
+    for column, shots in load_model_card().shots.items():  # a reference set that names no shots
+        card_shots.setdefault(column, shots)
 
     reported = _reference_rows(refs, reference_models, reference_row,
                                lambda ref, column: (column, ref.shots.get(column, card_shots.get(column))))
@@ -95,8 +98,7 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
         row = _measured_label(run, labels)
         measured[row][key].append(_Measured(value * scale, None if se is None else se * scale, run, order))
 
-    keys = [(column, shots) for column, shots in card_shots.items()]
-    keys += [key for row in reported.values() for key in row] + [key for row in measured.values() for key in row]
+    keys = declared + [key for row in reported.values() for key in row] + [key for row in measured.values() for key in row]
     columns = _order_benchmark_columns(keys, card_shots)
     headers = {key: _benchmark_header(*key) for key in columns}
     diff_of = {row: (reference_row, f"{row} - {reference_row}") for row in measured} if reference_row else {}
