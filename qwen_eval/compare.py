@@ -31,7 +31,8 @@ from qwen_eval.errors import UserError
 from qwen_eval.run_files import Run, headline, higher_is_better, is_fraction_metric, load_runs, read_samples
 
 # Provenance that must match for a comparison to mean anything; a difference is a warning.
-SAME_MEASUREMENT = ("shots", "protocol", "task_version", "n_samples", "data.fingerprint", "config.task")
+SAME_MEASUREMENT = ("shots", "protocol", "task_version", "n_samples", "data.fingerprint", "prompt_fingerprint",
+                    "task_config.options", "config.task")
 DEFAULT_MAX_FLIPS = 10
 
 
@@ -261,9 +262,12 @@ def format_report(report: Mapping[str, Any], max_flips: int = DEFAULT_MAX_FLIPS)
         tol = Tolerance(**task["tolerance"])
         lines += ["", f"## {task['task']} ({task['shots']}-shot) — allowed drop: {tol.describe()}"]
         lines += [f"warning: {w}" for w in task["warnings"]]
-        rows = [_metric_row(m) for m in task["metrics"]]
+        shown = [m for m in task["metrics"] if _worth_a_line(m)]
+        rows = [_metric_row(m) for m in shown]
         lines.append(tabulate(rows, headers=["metric", "baseline", "candidate", "diff", "z", "p", "allowed drop", "status"],
                               disable_numparse=True, colalign=("left",) + ("right",) * 7))
+        if len(shown) < len(task["metrics"]):
+            lines.append(f"(+{len(task['metrics']) - len(shown)} per-subject metrics within tolerance; --json lists all)")
         lines += _flip_lines(task["flips"], max_flips)
     if report["only_in_baseline"]:
         lines.append(f"\nonly in baseline (not compared): {', '.join(report['only_in_baseline'])}")
@@ -279,6 +283,12 @@ def format_report(report: Mapping[str, Any], max_flips: int = DEFAULT_MAX_FLIPS)
     else:
         lines.append(f"OK: no {'metric' if report['gate'] == 'all' else 'headline metric'} dropped beyond its tolerance")
     return "\n".join(lines)
+
+
+def _worth_a_line(m: Mapping[str, Any]) -> bool:
+    """The text shows the headline, categories (`stem/acc`) and anything beyond tolerance; finer
+    groups (`subject/abstract_algebra/acc`) only when they dropped too far."""
+    return m["gated"] or m["beyond_tolerance"] or m["metric"].count("/") <= 1
 
 
 def _metric_row(m: Mapping[str, Any]) -> list[str]:

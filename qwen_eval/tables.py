@@ -15,9 +15,9 @@ Rules (docs/tables-and-regression.md explains them for users):
 - A column is a benchmark at a shot count: `MMLU (5-shot)`. A run at another shot count than the
   model card's gets its own column (`MMLU (0-shot)`) beside it, so it is never compared with a
   number measured differently.
-- Conflicts: two runs of the same model that fill the same cell but differ in task, task
-  version, shots, protocol, data fingerprint, sample count, backend, dtype, checkpoint
-  fingerprint or task options. The newest run (by `created`; the later one given on a tie) is
+- Conflicts: two runs of the same model that fill the same cell but differ in anything of
+  PROVENANCE_FIELDS (task, version, shots, protocol, prompts, data, sample count, task options,
+  backend, dtype, checkpoint, context options). The newest run (by `created`; the later one given on a tie) is
   shown, its cell is marked `*`, and the conflict is reported. Identical duplicates: the newest
   wins silently.
 """
@@ -44,8 +44,10 @@ FORMATS = ("md", "csv", "tex", "html", "png")
 MISSING = "-"
 CONFLICT_MARK = "*"
 # What makes two runs of one model different measurements rather than repeats.
-PROVENANCE_FIELDS = ("task", "task_version", "shots", "protocol", "data.fingerprint", "n_samples",
-                     "model.backend", "model.dtype", "model.fingerprint", "config.task")
+PROVENANCE_FIELDS = ("task", "task_version", "shots", "protocol", "prompt_fingerprint", "data.fingerprint",
+                     "n_samples", "task_config.options", "config.task", "model.backend", "model.dtype",
+                     "model.fingerprint", "model.max_length", "model.use_dynamic_ntk", "model.use_logn_attn",
+                     "model.window_attn")
 VARIANT_ORDER = (BASE_VARIANT, "dynamic_ntk", "dynamic_ntk+logn", "dynamic_ntk+logn+window_attn")
 
 Results = Sequence[Mapping[str, Any] | Run]
