@@ -138,14 +138,15 @@ def _compare_metric(name: str, b: Mapping[str, Any], c: Mapping[str, Any], toler
     vc, sec = _value(c, name)
     diff = vc - vb
     combined = math.sqrt(seb ** 2 + sec ** 2) if seb is not None and sec is not None else None
-    z = diff / combined if combined else None
+    z = diff / combined if combined and math.isfinite(diff) else None
     p = math.erfc(abs(z) / math.sqrt(2)) if z is not None else None
     better_up = higher_is_better(name)
     drop = -diff if better_up else diff
     allowed = tolerance.allowed_drop(name, combined)
-    beyond = drop > allowed + 1e-12
-    return {"metric": name, "baseline": vb, "baseline_stderr": seb, "candidate": vc, "candidate_stderr": sec,
-            "diff": diff, "combined_stderr": combined, "z": z, "p_value": p, "higher_is_better": better_up,
+    # A value that is not a number (every document failed, an empty group) cannot pass the check.
+    beyond = not math.isfinite(diff) or drop > allowed + 1e-12
+    return {"metric": name, "baseline": _finite(vb), "baseline_stderr": seb, "candidate": _finite(vc),
+            "candidate_stderr": sec, "diff": _finite(diff), "combined_stderr": combined, "z": z, "p_value": p, "higher_is_better": better_up,
             "allowed_drop": allowed, "gated": gated, "beyond_tolerance": beyond, "regressed": gated and beyond}
 
 
@@ -197,6 +198,10 @@ def _field(results: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
     return value
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
 
 
 def _is_number(value: Any) -> bool:
@@ -299,8 +304,10 @@ def _metric_row(m: Mapping[str, Any]) -> list[str]:
             _p(m["p_value"]), _show(m["allowed_drop"], name), status]
 
 
-def _show(value: float, metric: str, stderr: float | None = None, signed: bool = False) -> str:
+def _show(value: float | None, metric: str, stderr: float | None = None, signed: bool = False) -> str:
     """Percent (2 decimals) for accuracy-like metrics, the raw value otherwise."""
+    if value is None:
+        return "nan"
     scale = 100.0 if is_fraction_metric(metric) else 1.0
     text = f"{value * scale:+.2f}" if signed else f"{value * scale:.2f}"
     return text + (f" ± {stderr * scale:.2f}" if stderr is not None else "")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_eval.compare import Tolerance, compare, load_tolerances, main, mcnemar_exact, parse_task_tolerance
+from qwen_eval.compare import (Tolerance, compare, format_report, load_tolerances, main, mcnemar_exact,
+                               parse_task_tolerance)
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import mean_stderr
 from qwen_eval.run_files import load_runs
@@ -222,3 +223,23 @@ def test_bad_input_exits_2_with_one_line(tmp_path, runs):
     shutil.copytree(runs["noise"], two / "b")
     with pytest.raises(UserError, match="candidate holds two runs of task 'mmlu'"):
         compare(load_runs([runs["baseline"]]), load_runs([two]))
+
+
+def test_text_shows_subjects_only_when_they_dropped_too_far_and_nan_fails(tmp_path):
+    base = baseline_scores()
+    docs = list(base)
+    groups = {"subject/algebra": docs[:20], "subject/law": docs[20:120], "subject/art": docs[120:]}
+    algebra_right = [d for d in groups["subject/algebra"] if base[d] == 1.0]
+    b = load_runs([write_run(tmp_path / "b", "mmlu", base, groups=groups)])
+    c = load_runs([write_run(tmp_path / "c", "mmlu", flip(base, to_wrong=algebra_right), groups=groups)])
+    text = format_report(compare(b, c))
+    assert "subject/algebra/acc" in text and "dropped (not gated)" in text
+    assert "subject/law/acc" not in text
+    assert "(+2 per-subject metrics within tolerance; --json lists all)" in text
+
+    broken = json.loads((tmp_path / "c" / "results.json").read_text())
+    broken["headline"]["value"] = broken["metrics"]["acc"] = float("nan")
+    (tmp_path / "c" / "results.json").write_text(json.dumps(broken))
+    report = compare(b, load_runs([tmp_path / "c"]))
+    assert report["regressed"] is True and report["regressions"][0]["candidate"] is None
+    json.dumps(report, allow_nan=False)
