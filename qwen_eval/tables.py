@@ -141,7 +141,9 @@ def build_long_context_table(results: Results, *, references: Sequence[Reference
             se = metrics.get(f"{name}_stderr")
             measured[row][int(match["length"])].append(
                 _Measured(float(value), float(se) if isinstance(se, (int, float)) else None, run, order))
-    measured = {row: measured[row] for row in sorted(measured, key=lambda r: _variant_rank(*variants[r]))}
+    model_order = {model: i for i, model in enumerate(dict.fromkeys(model for model, _ in variants.values()))}
+    measured = {row: measured[row] for row in sorted(
+        measured, key=lambda r: (model_order[variants[r][0]], *_variant_rank(variants[r][1])))}
 
     diff_of: dict[str, tuple[str, str]] = {}
     if reference_row:
@@ -291,9 +293,10 @@ def provenance(results: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _variant_rank(model: str, variant: str) -> tuple:
+def _variant_rank(variant: str) -> tuple[int, str]:
+    """The model card's order of variants (base first), then any others by name."""
     known = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
-    return (model, known, variant)
+    return (known, variant)
 
 
 # ---------------------------------------------------------------------------------------------

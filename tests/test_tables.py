@@ -223,6 +223,11 @@ def test_long_context_conflicts_are_per_cell(tmp_path):
     assert table.loc["tiny (measured)", "4096"] == 8.0
     assert [(c["column"], c["differs"]) for c in table.attrs["conflicts"]] == [("4096", ["data.fingerprint"])]
     assert format_table(table).loc["tiny (measured)", "4096"] == "8.00*"
+    # Models in the order given, each model's variants in the model card's order.
+    runs = [ppl_results("zeta", {"dynamic_ntk/ppl@2048": 5.0, "base/ppl@2048": 6.0}),
+            ppl_results("alpha", {"base/ppl@2048": 7.0})]
+    assert list(build_long_context_table(runs, references=[]).index) == [
+        "zeta (measured)", "zeta (measured) + dynamic_ntk", "alpha (measured)"]
 
 
 def _script(name: str, module: str) -> list[str]:
