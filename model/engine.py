@@ -20,20 +20,32 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from qwen_eval.model.model import LongContextOptions, Qwen
+from qwen_eval.errors import UserError
+from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, window_schedule
 from qwen_eval.backends.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
-from qwen_eval.requests import (Choice, ChoiceResult, Generate, GenerateResult, LongContext, Rolling,
-                                RollingResult, cut_at_stop, request_key)
+from qwen_eval.requests import (WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult, LongContext,
+                                Rolling, RollingResult, cut_at_stop, request_key)
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
 
 
-def _options(lc: LongContext | None) -> LongContextOptions | None:
+def _options(lc: LongContext | None, cfg: QwenConfig) -> LongContextOptions | None:
+    """A request's long-context switches for this model; WINDOW_SCHEDULE becomes the model's
+    default layer-wise windows, an explicit list must have one size per layer."""
     if lc is None:
         return None
+    if lc.window_attn == WINDOW_SCHEDULE:
+        windows: tuple[int, ...] | bool = window_schedule(cfg.num_layers, cfg.seq_length)
+    elif lc.window_attn:
+        if isinstance(lc.window_attn, str) or len(lc.window_attn) != cfg.num_layers:
+            raise UserError(f"window_attn {lc.window_attn!r}: give {WINDOW_SCHEDULE!r} or one window size per "
+                            f"layer ({cfg.num_layers} for this model)")
+        windows = tuple(int(w) for w in lc.window_attn)
+    else:
+        windows = False
     return LongContextOptions(use_dynamic_ntk=lc.use_dynamic_ntk, use_logn_attn=lc.use_logn_attn,
-                              window_attn=tuple(lc.window_attn) if lc.window_attn else False)
+                              window_attn=windows)
 
 
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -167,7 +179,7 @@ class Engine:
                     results.append(RollingResult(0.0, 0, total))
                     continue
                 ids = ids[:r.first_tokens]
-            options = _options(r.long_context)
+            options = _options(r.long_context, self.model.config)
             loglik, scored = 0.0, 0
             for start, end, first in rolling_windows(len(ids), r.max_length or self.max_length, r.stride):
                 loglik += self._window_loglik(ids[start:end], first - start, options)

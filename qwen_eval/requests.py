@@ -14,16 +14,22 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence, Union
 
 
+# `LongContext.window_attn` value meaning "the serving model's default layer-wise windows"
+# (qwen_eval.model.model.window_schedule): a task cannot know the model's depth or seq_length.
+WINDOW_SCHEDULE = "schedule"
+
+
 @dataclass(frozen=True)
 class LongContext:
     """Per-request override of the bundled model's long-context switches (arXiv PPL variants).
 
-    `window_attn` is a per-layer tuple of window sizes (0 = full attention), or None for none.
+    `window_attn` is a per-layer tuple of window sizes (0 = full attention), WINDOW_SCHEDULE for
+    the model's default schedule (the backend resolves it), or None for none.
     """
 
     use_dynamic_ntk: bool = False
     use_logn_attn: bool = False
-    window_attn: tuple[int, ...] | None = None
+    window_attn: tuple[int, ...] | str | None = None
 
 
 @dataclass(frozen=True)
