@@ -33,7 +33,8 @@ _HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     """One line on stderr, then exit."""
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    where = f" (rank {distributed.rank()})" if distributed.rank() > 0 else ""  # under torchrun
+    print(f"{PROG}: error{where}: {' '.join(str(message).split())}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -144,13 +145,36 @@ def _hydra_entry(cfg: DictConfig) -> None:
         fail(f"{type(e).__name__}: {e} (rerun with debug=true for the traceback)", 1)
 
 
+def same_sweep_dir(argv: list[str]) -> list[str]:
+    """Under torchrun every rank runs Hydra, and a multirun's sweep folder is named after the
+    second each rank resolves it in; pin every rank to rank 0's folder."""
+    multirun = "-m" in argv or "--multirun" in argv
+    if distributed.world_size() <= 1 or not multirun or any(a.startswith("hydra.sweep.dir=") for a in argv):
+        return argv
+    sweep_dir = None
+    if distributed.is_main():
+        from hydra import compose, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=_expand_sweeps(_overrides(argv), 1)[0],
+                          return_hydra_config=True)
+            sweep_dir = str(cfg.hydra.sweep.dir)
+        GlobalHydra.instance().clear()
+    sweep_dir = distributed.broadcast(sweep_dir)
+    quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
+    return [*argv, f"hydra.sweep.dir='{quoted}'"]
+
+
 def main() -> None:
     argv = sys.argv[1:]
-    distributed.init()
-    register_plugin_tasks()
-    if not any(a in _HYDRA_INFO_FLAGS or a.split("=")[0] in _HYDRA_INFO_FLAGS for a in argv):
-        validate(argv)
+    distributed.init()  # before Hydra: every rank composes its own config
     try:
+        register_plugin_tasks()
+        if not any(a in _HYDRA_INFO_FLAGS or a.split("=")[0] in _HYDRA_INFO_FLAGS for a in argv):
+            validate(argv)
+            sys.argv[1:] = same_sweep_dir(argv)
         _hydra_entry()
     finally:
         distributed.shutdown()

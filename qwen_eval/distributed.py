@@ -8,7 +8,13 @@ every function is a no-op for a single process.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
+
+# How long a rank waits for the others at a collective. Generous: ranks that finished their share
+# wait for the slowest one, and in a suite for rank 0 to score the previous task (HumanEval and
+# MBPP run programs), which can take many minutes.
+TIMEOUT = timedelta(hours=2)
 
 
 def world_size() -> int:
@@ -39,7 +45,7 @@ def init() -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
 
 
 def all_gather(obj: Any) -> list[Any]:
@@ -51,6 +57,17 @@ def all_gather(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (`obj` itself for a single process)."""
+    if world_size() <= 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

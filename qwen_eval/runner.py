@@ -58,6 +58,9 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
     n_cached = len(answers)
 
     todo = sorted((k for k in unique if k not in answers), key=lambda k: (unique[k].kind, _sort_text(unique[k])))
+    # Every rank must split the same list. Each reads the cache at its own moment, and a rank that
+    # starts late can see answers another rank has already written: all take rank 0's list.
+    todo = distributed.broadcast(todo)
     batches: list[tuple[str, list[str]]] = []
     for kind in ("choice", "generate", "rolling"):
         kind_keys = [k for k in todo if unique[k].kind == kind]
@@ -84,6 +87,9 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
         for part in distributed.all_gather(shared):
             for k, (kind, text) in part.items():
                 answers[k] = result_from_json(kind, text)
+        missing = [k for k in unique if k not in answers]
+        if missing and cache:  # cached when rank 0 read the cache, not yet when this rank did
+            answers.update(cache.get_many(backend.fingerprint, missing))
     else:
         answers.update(computed)
 
