@@ -95,11 +95,18 @@ class OpenAIBackend:
         base_url = cfg.get("base_url")
         if not base_url or not str(base_url).startswith(("http://", "https://")):
             raise UserError(f"model=openai needs model.base_url=http://HOST:PORT/v1 (got {base_url!r})")
+        def option(key: str, default: Any, kind: type) -> Any:
+            value = cfg.get(key)
+            try:
+                return default if value is None else kind(value)
+            except (TypeError, ValueError):
+                raise UserError(f"model.{key}={value!r} is not a {kind.__name__}") from None
+
         backend = cls(str(base_url), str(cfg.get("model") or ""), name=cfg.get("name"),
                       api_key=os.environ.get(cfg.get("api_key_env") or "OPENAI_API_KEY"),
-                      timeout=float(cfg.get("timeout") or 600), max_retries=int(cfg.get("max_retries", 5)),
-                      retry_backoff=float(cfg.get("retry_backoff", 1.0)), concurrency=int(cfg.get("concurrency") or 8),
-                      max_length=cfg.get("max_length"))
+                      timeout=option("timeout", 600.0, float), max_retries=option("max_retries", 5, int),
+                      retry_backoff=option("retry_backoff", 1.0, float), concurrency=option("concurrency", 8, int),
+                      max_length=option("max_length", None, int))
         if backend.model and cfg.get("max_length"):
             return backend
         served = backend.list_models()
