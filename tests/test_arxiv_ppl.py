@@ -22,7 +22,7 @@ from qwen_eval.errors import UserError
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.model import LongContextOptions, window_schedule
 from qwen_eval.model.tokenizer import load_tokenizer
-from qwen_eval.requests import LongContext, Rolling, RollingResult, request_key
+from qwen_eval.requests import LongContext, Rolling, request_key
 from qwen_eval.runner import evaluate
 from qwen_eval.task import DataSpec
 from qwen_eval.tasks.arxiv_ppl import (DEFAULT_LENGTHS, DEFAULT_VARIANTS, PROMPT_PREVIEW_CHARS, ArxivPerplexity,
