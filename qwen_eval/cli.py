@@ -169,8 +169,11 @@ def same_sweep_dir(argv: list[str]) -> list[str]:
 
 def main() -> None:
     argv = sys.argv[1:]
-    distributed.init()  # before Hydra: every rank composes its own config
     try:
+        try:
+            distributed.init()  # before Hydra: every rank composes its own config
+        except UserError as e:
+            fail(str(e))
         register_plugin_tasks()
         if not any(a in _HYDRA_INFO_FLAGS or a.split("=")[0] in _HYDRA_INFO_FLAGS for a in argv):
             validate(argv)

@@ -11,6 +11,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from qwen_eval.errors import UserError
+
 # How long a rank waits for the others at a collective. Generous: ranks that finished their share
 # wait for the slowest one, and in a suite for rank 0 to score the previous task (HumanEval and
 # MBPP run programs), which can take many minutes.
@@ -44,6 +46,11 @@ def init() -> None:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
+        gpus = torch.cuda.device_count()
+        if local_rank() >= gpus:
+            raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', world_size())} processes on this "
+                            f"machine but it has {gpus} GPU(s): use --nproc_per_node={gpus}, or hide the GPUs "
+                            f"(CUDA_VISIBLE_DEVICES=) to run the ranks on CPU")
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
 

@@ -12,7 +12,8 @@ import pytest
 from cli_helpers import read_results, read_samples, run_cli
 
 ARGS = ["task=mmlu", "model=tiny", "data.source=sample", "progress=false"]
-ENV = {"OMP_NUM_THREADS": "1"}  # two ranks on a two-core machine
+ENV = {"OMP_NUM_THREADS": "1",  # two ranks on a two-core machine
+       "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks and gloo, on a GPU machine too
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from qwen_eval.requests import Choice, Generate, LongContext, Rolling
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with served("--model", "tiny") as url:
+    with served("--model", "tiny", "--device", "cpu") as url:  # float32, like `local`
         yield url
 
 
@@ -119,7 +119,7 @@ def test_end_to_end_run_matches_the_bundled_model(server, tmp_path):
     remote_run = run_cli(*common, "model=openai", f"model.base_url={server}/v1", f"output_dir={tmp_path / 'remote'}",
                          cwd=tmp_path, env={"OPENAI_API_KEY": "sk-test-secret"})
     assert remote_run.returncode == 0, remote_run.stderr
-    local_run = run_cli(*common, "model=tiny", f"output_dir={tmp_path / 'local'}", cwd=tmp_path)
+    local_run = run_cli(*common, "model=tiny", "model.device=cpu", f"output_dir={tmp_path / 'local'}", cwd=tmp_path)
     assert local_run.returncode == 0, local_run.stderr
 
     remote_results, local_results = read_results(tmp_path / "remote"), read_results(tmp_path / "local")

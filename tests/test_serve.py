@@ -66,7 +66,7 @@ def http(url: str, payload: Any = None, method: str | None = None) -> tuple[int,
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with served("--model", "tiny", "--max-batch", "8") as url:
+    with served("--model", "tiny", "--device", "cpu", "--max-batch", "8") as url:
         yield url
 
 
