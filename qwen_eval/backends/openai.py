@@ -95,6 +95,7 @@ class OpenAIBackend:
         base_url = cfg.get("base_url")
         if not base_url or not str(base_url).startswith(("http://", "https://")):
             raise UserError(f"model=openai needs model.base_url=http://HOST:PORT/v1 (got {base_url!r})")
+
         def option(key: str, default: Any, kind: type) -> Any:
             value = cfg.get(key)
             try:
