@@ -27,9 +27,10 @@ import importlib.resources
 import json
 import os
 import unicodedata
+from collections.abc import Collection, Iterable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AbstractSet, Collection, Iterable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import tiktoken
 
@@ -54,7 +55,7 @@ SPECIAL_TOKENS: dict[str, int] = {
 
 _THREADS = min(8, os.cpu_count() or 1)
 
-SpecialSet = Literal["all"] | AbstractSet[str]
+SpecialSet = Literal["all"] | Set[str]
 
 
 class Tokenizer(Protocol):
@@ -151,7 +152,8 @@ def _load_encoding(path: str, mtime_ns: int, size: int) -> tuple[tiktoken.Encodi
     """Parse and check `qwen.tiktoken` once per (path, version of the file)."""
     ranks, sha256 = read_vocab(Path(path))
     encoding = tiktoken.Encoding(f"qwen:{path}", pat_str=PRETOKENIZE_REGEX, mergeable_ranks=ranks,
-                                 special_tokens=SPECIAL_TOKENS, explicit_n_vocab=N_REGULAR_TOKENS + len(SPECIAL_TOKENS))
+                                 special_tokens=SPECIAL_TOKENS,
+                                 explicit_n_vocab=N_REGULAR_TOKENS + len(SPECIAL_TOKENS))
     return encoding, sha256
 
 
@@ -168,7 +170,8 @@ def read_vocab(path: Path) -> tuple[dict[bytes, int], str]:
             raise UserError(f"{path} line {line_number}: expected '<base64 token> <rank>'; "
                             f"is this a qwen.tiktoken vocabulary?") from None
     if len(ranks) != N_REGULAR_TOKENS or sorted(ranks.values()) != list(range(N_REGULAR_TOKENS)):
-        raise UserError(f"{path}: expected the {N_REGULAR_TOKENS} distinct ranks 0..{N_REGULAR_TOKENS - 1} "
+        raise UserError(f"{path}: expected the {N_REGULAR_TOKENS} distinct ranks "
+                        f"0..{N_REGULAR_TOKENS - 1} "
                         f"of Qwen's vocabulary, found {len(ranks)} tokens; use Qwen's qwen.tiktoken")
     return ranks, hashlib.sha256(data).hexdigest()
 
@@ -198,3 +201,235 @@ def _id_list(ids: int | Iterable[int]) -> list[int]:
     if hasattr(ids, "tolist"):  # torch tensors, numpy arrays
         ids = ids.tolist()
     return [ids] if isinstance(ids, int) else list(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Qwen2-format checkpoints: their own tokenizer.json through transformers
+
+
+class HFTokenizer:
+    """`transformers.AutoTokenizer` behind the `Tokenizer` interface."""
+
+    def __init__(self, tokenizer, name_or_path: str):
+        self._tokenizer = tokenizer
+        self.name_or_path = name_or_path
+        self.vocab_size = len(tokenizer)
+        vocab = tokenizer.get_vocab()
+        eod_id = vocab.get(ENDOFTEXT, tokenizer.eos_token_id)
+        if eod_id is None:
+            raise UserError(f"the tokenizer in {name_or_path} has neither {ENDOFTEXT} nor an "
+                            f"eos_token; set eos_token in its tokenizer_config.json")
+        self.eod_id = eod_id
+        self._added_tokens = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+        self._byte_level = _is_byte_level(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> HFTokenizer:
+        path = Path(directory).expanduser().resolve()
+        stamp = max((f.stat().st_mtime_ns for f in path.glob("tokenizer*.json")), default=0)
+        return cls(_load_hf_tokenizer(str(path), stamp), str(path))
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.name_or_path!r})"
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False, verbose=False)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._tokenizer(list(texts), add_special_tokens=False, verbose=False,
+                               return_attention_mask=False)["input_ids"]
+
+    def decode(self, ids: int | Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self._tokenizer.decode(self._checked(ids), skip_special_tokens=skip_special_tokens,
+                                      clean_up_tokenization_spaces=False)
+
+    def decode_bytes(self, ids: int | Iterable[int]) -> bytes:
+        """Exact for byte-level BPE (every Qwen2 tokenizer); other tokenizers have no byte
+        alphabet, so their text is decoded and re-encoded as UTF-8."""
+        ids = self._checked(ids)
+        if not self._byte_level:
+            return self.decode(ids).encode("utf-8")
+        pieces = []
+        for i, token in zip(ids, self._tokenizer.convert_ids_to_tokens(ids)):
+            special = self._added_tokens.get(i)
+            pieces.append(special.encode("utf-8") if special is not None
+                          else bytes(_UNICODE_TO_BYTE[c] for c in token))
+        return b"".join(pieces)
+
+    def _checked(self, ids: int | Iterable[int]) -> list[int]:
+        ids = _id_list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise UserError(f"token id {bad} is outside the vocabulary of {self.name_or_path} "
+                            f"(0..{self.vocab_size - 1})")
+        return ids
+
+
+@functools.lru_cache(maxsize=8)
+def _load_hf_tokenizer(directory: str, stamp: int):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the Hugging Face tokenizer in {directory} "
+                        f"({str(e).splitlines()[0]}); check its tokenizer.json") from None
+
+
+def _is_byte_level(tokenizer) -> bool:
+    from tokenizers import decoders
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+
+
+def load_tokenizer(checkpoint_dir: str | Path | None,
+                   tokenizer_path: str | Path | None = None) -> QwenTokenizer | HFTokenizer:
+    """The tokenizer for a checkpoint folder (None: the packaged Qwen vocabulary).
+
+    `tokenizer_path` (config `tokenizer.path`) overrides the folder: a qwen.tiktoken file, or a
+    folder holding qwen.tiktoken or a Hugging Face tokenizer.json. A folder with a tokenizer.json
+    and no qwen.tiktoken (Qwen1.5/2/2.5) gets its own tokenizer through transformers.
+    """
+    if checkpoint_dir is not None and not Path(checkpoint_dir).expanduser().is_dir():
+        raise UserError(f"checkpoint folder {checkpoint_dir} does not exist; check model.path")
+    folder = Path(tokenizer_path or checkpoint_dir or "").expanduser()
+    if ((tokenizer_path or checkpoint_dir) and folder.is_dir()
+            and not (folder / VOCAB_FILE).is_file() and (folder / "tokenizer.json").is_file()):
+        return HFTokenizer.from_pretrained(folder)
+    return QwenTokenizer.from_path(find_vocab(tokenizer_path, checkpoint_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the equivalent Hugging Face tokenizer.json (what Qwen2 ships)
+
+# As Qwen2 ships it. transformers 5 then rebuilds the pipeline in Qwen2Tokenizer (same NFC and
+# regex) from our vocabulary and merges; transformers 4 and other readers use tokenizer.json as is.
+_TOKENIZER_CONFIG = {
+    "tokenizer_class": "Qwen2Tokenizer",
+    "bos_token": None,
+    "eos_token": ENDOFTEXT,
+    "pad_token": ENDOFTEXT,
+    "unk_token": None,
+    "clean_up_tokenization_spaces": False,
+    "add_prefix_space": False,
+    "split_special_tokens": False,
+    "errors": "replace",
+    "model_max_length": 32768,
+    "added_tokens_decoder": {
+        str(i): {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
+                 "single_word": False, "special": True}
+        for token, i in SPECIAL_TOKENS.items()
+    },
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68
+    bytes map to U+0100 onward, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    for n, b in enumerate(b for b in range(256) if b not in mapping):
+        mapping[b] = chr(256 + n)
+    return mapping
+
+
+_BYTE_TO_UNICODE = _bytes_to_unicode()
+_UNICODE_TO_BYTE = {c: b for b, c in _BYTE_TO_UNICODE.items()}
+
+
+def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The BPE merge that creates each token of >= 2 bytes, in rank order.
+
+    tiktoken has ranks, not merges. Running BPE on a token's own bytes with only the lower ranks
+    must stop at exactly two parts; joining them is the merge that creates the token.
+    """
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) < 2:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(parts[i] + parts[i + 1], rank) for i in range(len(parts) - 1)]
+            best = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[best] >= rank:
+                break
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        if len(parts) != 2:
+            raise UserError(f"vocabulary token of rank {rank} ({token!r}) cannot be built by BPE "
+                            f"from lower ranks; this is not a BPE vocabulary")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def build_hf_tokenizer_json(vocab_file: Path) -> str:
+    """tokenizer.json text equivalent to QwenTokenizer over `vocab_file` (a few seconds)."""
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers,
+                            processors)
+    from tokenizers.models import BPE
+
+    ranks, _ = read_vocab(vocab_file)
+
+    def unicode_form(token: bytes) -> str:
+        return "".join(_BYTE_TO_UNICODE[b] for b in token)
+
+    vocab = {unicode_form(token): rank for token, rank in ranks.items()}
+    merges = [(unicode_form(a), unicode_form(b)) for a, b in recover_merges(ranks)]
+    # ignore_merges: a pre-token that is itself a vocabulary entry is taken whole, as tiktoken does
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False,
+                              byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                  for token in SPECIAL_TOKENS])
+    wrong = {token: i for token, i in SPECIAL_TOKENS.items() if tokenizer.token_to_id(token) != i}
+    assert not wrong, f"special tokens got unexpected ids: {wrong}"
+    return tokenizer.to_str()
+
+
+def write_hf_tokenizer(directory: str | Path, vocab_file: str | Path | None = None) -> Path:
+    """Write tokenizer.json + tokenizer_config.json for `AutoTokenizer.from_pretrained(directory)`.
+
+    The conversion takes seconds, so its result is kept in memory and under
+    `$QWEN_EVAL_CACHE/tokenizer/<sha256 of the vocabulary>/` (default ~/.cache/qwen-eval).
+    """
+    vocab = QwenTokenizer.from_path(vocab_file or packaged_vocab())
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.json").write_text(_hf_tokenizer_json(vocab.vocab_sha256, vocab.name_or_path),
+                                              encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps(_TOKENIZER_CONFIG, indent=2) + "\n",
+                                                     encoding="utf-8")
+    return directory
+
+
+_HF_JSON_MEMO: dict[str, str] = {}  # vocabulary sha256 -> tokenizer.json text, for this process
+
+
+def _hf_tokenizer_json(sha256: str, vocab_file: str) -> str:
+    if sha256 in _HF_JSON_MEMO:
+        return _HF_JSON_MEMO[sha256]
+    cached = _cache_root() / "tokenizer" / sha256 / "tokenizer.json"
+    try:
+        text = cached.read_text(encoding="utf-8")
+    except OSError:
+        text = build_hf_tokenizer_json(Path(vocab_file))
+        try:  # best effort; another process may write the same file, replace() keeps it whole
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f"tokenizer.json.{os.getpid()}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(cached)
+        except OSError:
+            pass
+    _HF_JSON_MEMO[sha256] = text
+    return text
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("QWEN_EVAL_CACHE") or "~/.cache/qwen-eval").expanduser()
