@@ -1,0 +1,194 @@
+"""The engine: answers do not depend on batch size or prefix reuse; continuations, stop strings,
+seeded sampling and rolling perplexity are exact against plain loops over the model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers_checkpoints import random_model, tiny_config
+from qwen_eval.backends.qwen import QwenBackend
+from qwen_eval.model import engine as engine_module
+from qwen_eval.model.engine import Engine
+from qwen_eval.model.tokenizer import load_tokenizer
+from qwen_eval.requests import Choice, Generate, Rolling
+from qwen_eval.runner import answer_requests
+
+SHOTS = (
+    "The following are multiple choice questions (with answers) about astronomy.\n\n"
+    "Which planet is closest to the Sun?\nA. Venus\nB. Mercury\nC. Earth\nD. Mars\nAnswer: B\n\n"
+    "What is the Sun mainly made of?\nA. Iron\nB. Oxygen\nC. Hydrogen\nD. Carbon\nAnswer: C\n\n"
+)
+QUESTIONS = (
+    "Which planet has the most moons?\nA. Saturn\nB. Mercury\nC. Venus\nD. Mars",
+    "How long does light from the Sun take to reach Earth?\nA. 8 seconds\nB. 8 minutes\nC. 8 hours\nD. 8 days",
+    "What is a light-year?\nA. A unit of time\nB. A unit of distance\nC. A unit of mass\nD. A unit of energy",
+    "Which of these is a dwarf planet?\nA. Pluto\nB. Neptune\nC. Titan\nD. Io",
+    "What causes the seasons on Earth?\nA. Distance\nB. Axial tilt\nC. Solar flares\nD. The Moon",
+    "What is the largest planet?\nA. Earth\nB. Saturn\nC. Jupiter\nD. Uranus",
+    "问题：月球绕地球一周大约需要多少天？\nA. 7\nB. 27\nC. 100\nD. 365",
+)
+TEXT = ("The Moon is Earth's only natural satellite. It orbits at an average distance of 384,400 km, about "
+        "30 times the diameter of Earth. Tidal forces between Earth and the Moon have synchronised the Moon's "
+        "orbital period with its rotation period, so it always presents the same side to Earth.")
+
+
+def choice_requests() -> list[Choice]:
+    mc = [Choice(SHOTS + q + "\nAnswer:", (" A", " B", " C", " D")) for q in QUESTIONS]
+    multi = [Choice(SHOTS + "The closest star to Earth is", (" the Sun", " Proxima Centauri", " Sirius")),
+             Choice("2 + 2 =", (" 4", " four", " 22")),
+             Choice("The capital of France is", (" Paris", " the city of Lyon"))]
+    return mc + multi
+
+
+def generate_requests() -> list[Generate]:
+    greedy = [Generate(SHOTS + q + "\nAnswer:", stop=("\n\n",), max_new_tokens=6) for q in QUESTIONS[:4]]
+    return greedy + [Generate("Once upon a time", max_new_tokens=10),
+                     Generate(SHOTS, temperature=0.8, top_p=0.9, max_new_tokens=8, n=2, seed=3)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config(seq_length=2048), seed=4)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(None)
+
+
+def backend_for(model, tokenizer, **engine_kwargs) -> QwenBackend:
+    engine = Engine(model, tokenizer, max_length=2048, **engine_kwargs)
+    return QwenBackend(engine, name="tiny", path=None, fingerprint="test")
+
+
+def answers(model, tokenizer, requests, batch_size: int, **engine_kwargs):
+    responses, _ = answer_requests(requests, backend_for(model, tokenizer, **engine_kwargs), batch_size=batch_size)
+    return responses
+
+
+def assert_same_choices(got, want) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+        assert g.is_greedy == w.is_greedy
+        assert max(range(len(g.logprobs)), key=g.logprobs.__getitem__) == \
+            max(range(len(w.logprobs)), key=w.logprobs.__getitem__)
+
+
+@pytest.fixture(scope="module")
+def short_model():
+    """seq_length 64: the few-shot prompts (70-110 tokens) run with dynamic NTK (alpha 3) and LogN,
+    the short ones (4-5 tokens) without."""
+    return random_model(tiny_config(seq_length=64), seed=4)
+
+
+@pytest.mark.parametrize("batch_size, engine_kwargs", [(3, {}), (16, {}), (16, {"max_batch_tokens": 300})],
+                         ids=["3", "16", "16-small-forwards"])
+@pytest.mark.parametrize("which", ["model", "short_model"])
+def test_answers_do_not_depend_on_batch_size(request, tokenizer, batch_size, engine_kwargs, which):
+    model = request.getfixturevalue(which)
+    requests = choice_requests() + generate_requests()
+    one = answers(model, tokenizer, requests, 1)
+    many = answers(model, tokenizer, requests, batch_size, **engine_kwargs)
+    n = len(choice_requests())
+    assert_same_choices(many[:n], one[:n])
+    assert many[n:] == one[n:]
+    assert all(t for r in one[n:] for t in r.texts)
+
+
+def test_prefix_reuse_does_not_change_answers(model, tokenizer, monkeypatch):
+    """Every request shares the few-shot prefix (the engine shares a prefix common to a whole call)."""
+    requests = [r for r in choice_requests() + generate_requests() if r.context.startswith(SHOTS)]
+    reuse = backend_for(model, tokenizer)
+    with_prefix, _ = answer_requests(requests, reuse, batch_size=16)
+    assert reuse.engine._prefix is not None  # the shared few-shot prefix was computed once and kept
+    monkeypatch.setattr(engine_module, "MIN_SHARED_PREFIX", 10 ** 9)
+    plain = backend_for(model, tokenizer)
+    without, _ = answer_requests(requests, plain, batch_size=16)
+    assert plain.engine._prefix is None
+    assert reuse.tokens_processed < plain.tokens_processed
+    n = sum(isinstance(r, Choice) for r in requests)
+    assert_same_choices(with_prefix[:n], without[:n])
+    assert with_prefix[n:] == without[n:]
+
+
+@torch.inference_mode()
+def test_continuations_score_exactly(model, tokenizer):
+    """Each continuation's log-probability is the sum over its tokens from one plain forward of
+    context + continuation, and is_greedy says whether every token is the argmax."""
+    requests = choice_requests()
+    got = Engine(model, tokenizer).choice(requests)
+    for request, result in zip(requests, got):
+        ctx = tokenizer.encode(request.context)
+        for cont, lp, greedy in zip(request.continuations, result.logprobs, result.is_greedy):
+            tokens = tokenizer.encode(cont)
+            hidden = model(torch.tensor([ctx + tokens]), return_hidden=True)[0, len(ctx) - 1:-1]
+            logprobs = torch.log_softmax(model.logits(hidden).double(), dim=-1)
+            assert lp == pytest.approx(sum(float(logprobs[i, t]) for i, t in enumerate(tokens)), abs=1e-5)
+            assert greedy == all(int(logprobs[i].argmax()) == t for i, t in enumerate(tokens))
+    assert any(len(tokenizer.encode(c)) > 2 for r in requests for c in r.continuations)
+
+
+def test_greedy_continuation_is_greedy(model, tokenizer):
+    """A continuation made of the model's own greedy tokens is scored as greedy."""
+    engine = Engine(model, tokenizer)
+    context = "The capital of France is"
+    (text,) = engine.generate([Generate(context, max_new_tokens=3)])[0].texts
+    result = engine.choice([Choice(context, (text, text + " and"))])[0]
+    assert result.is_greedy[0] and not result.is_greedy[1]
+
+
+def test_stop_strings_cut_generation(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    context = "Once upon a time"
+    (full,) = engine.generate([Generate(context, max_new_tokens=24)])[0].texts
+    before = engine.tokens_processed
+    engine.generate([Generate(context, max_new_tokens=24)])
+    full_cost = engine.tokens_processed - before
+    stop = next(full[i:i + 2] for i in range(2, len(full) - 1) if full.find(full[i:i + 2]) == i)
+    before = engine.tokens_processed
+    (cut,) = engine.generate([Generate(context, stop=(stop, "never appears"), max_new_tokens=24)])[0].texts
+    assert cut == full[:full.find(stop)] and stop not in cut
+    assert engine.tokens_processed - before < full_cost  # decoding stopped, not just the text cut
+
+
+def test_sampling_is_seeded(model, tokenizer):
+    def sample(seed: int, batch_with: list[Generate] = ()) -> tuple[str, ...]:
+        request = Generate("Once upon a time", temperature=1.0, top_k=50, max_new_tokens=8, n=2, seed=seed)
+        return Engine(model, tokenizer).generate([*batch_with, request])[-1].texts
+
+    first = sample(1)
+    assert sample(1) == first
+    assert sample(1, [Generate(SHOTS, max_new_tokens=5)]) == first  # not affected by its batch
+    assert first[0] != first[1]  # the n samples differ
+    assert sample(2) != first
+
+
+@torch.inference_mode()
+def reference_loglik(model, ids: list[int], window: int, stride: int) -> tuple[float, int]:
+    """A plain loop: windows of `window` tokens, each ending `stride` tokens after the previous
+    one (the first scores all it can), every token scored by its own forward."""
+    total, count, pos = 0.0, 0, 1
+    while pos < len(ids):
+        end = min(len(ids), pos + (window - 1 if pos == 1 else stride))
+        for j in range(pos, end):
+            context = ids[max(0, end - window):j]
+            logits = model(torch.tensor([context]))[0, -1].double()
+            total += float(torch.log_softmax(logits, dim=-1)[ids[j]])
+            count += 1
+        pos = end
+    return total, count
+
+
+@pytest.mark.parametrize("window, stride", [(1000, None), (24, None), (24, 7)], ids=["one-window", "disjoint",
+                                                                                      "strided"])
+def test_rolling_perplexity_equals_a_plain_loop(model, tokenizer, monkeypatch, window, stride):
+    monkeypatch.setattr(engine_module, "LOSS_CHUNK_ELEMENTS", 5 * model.config.vocab_size)  # 5 positions a chunk
+    ids = tokenizer.encode(TEXT)
+    (result,) = Engine(model, tokenizer).rolling([Rolling(TEXT, max_length=window, stride=stride)])
+    want, count = reference_loglik(model, ids, window, stride or window - 1)
+    assert result.n_tokens == count == len(ids) - 1 and result.text_tokens == len(ids)
+    assert result.loglikelihood == pytest.approx(want, abs=1e-4)
+    assert math.exp(-result.loglikelihood / result.n_tokens) == pytest.approx(math.exp(-want / count), rel=1e-6)
