@@ -1,0 +1,203 @@
+"""GSM8K (Cobbe et al., 2021): 8-shot chain of thought, accuracy on the 1,319 test problems, as in
+the Qwen-14B model card (Qwen's eval/evaluate_gsm8k.py).
+
+Data: `test.jsonl` ({"question", "answer"}; the gold is the number after `#### `, commas removed);
+`data.path` is that file or a folder holding it. Hub `openai/gsm8k`, config `main`, split `test`.
+doc_id: the 0-based line index in the test file (the row index for the hub).
+
+Prompt (Qwen's `doc_to_text`, byte for byte): the 8-shot text of eval/gsm8k_prompt.txt (shipped as
+data/gsm8k/qwen_8shot_prompt.txt; it ends in a newline), then
+    "\\nQuestion: " + question + "\\nLet's think step by step\\n"
+Greedy, at most 512 new tokens (the `max_new_tokens` of Qwen's generation config, which the script
+uses); the completion is cut at the first of `<|endoftext|>`, `\\n\\n\\n`, `\\n\\n`, `Question:` (Qwen's
+`decode` splits on each in turn, which is the same cut).
+
+Answer extraction, two rules, both always reported:
+  qwen    Qwen's `extract_answer`: the last run of digits (`re.findall(r"\\d+", completion)[-1]`)
+          passed to Python's `eval`, compared with `==` to the gold (`eval` of the `#### ` number,
+          commas removed). So signs, decimals and thousands separators are lost ("-3" -> 3,
+          "1,200" -> 200, "2.50" -> 50), a run with a leading zero ("05") is a SyntaxError and
+          counts as no answer, as are non-ASCII digits that `\\d` matches but `eval` rejects.
+  strict  the first number after the last "The answer is" (the prompt's closing sentence), else
+          the last number anywhere; a number keeps its sign, decimals and thousands separators
+          ("-3", "1,200", "$2.50"), and is compared with the gold as an exact rational number.
+`task.extract` picks the headline (`acc`); `acc_qwen` and `acc_strict` are both reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file, sample_dir
+from qwen_eval.errors import UserError
+from qwen_eval.metrics import add_metric, mean_stderr
+from qwen_eval.requests import Generate, GenerateResult, Response
+from qwen_eval.task import DataSpec, Sample, Task
+
+STOP = ("<|endoftext|>", "\n\n\n", "\n\n", "Question:")
+EXTRACTORS = ("qwen", "strict")
+HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
+
+# Qwen's ANS_RE for the reference solution.
+GOLD_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+
+
+@dataclass(frozen=True)
+class GSM8KDoc:
+    doc_id: str
+    question: str
+    answer: str  # the reference solution, ending "#### N"
+    gold: str  # N with commas removed
+
+
+def fewshot_prompt() -> str:
+    return (sample_dir("gsm8k") / "qwen_8shot_prompt.txt").read_text(encoding="utf-8")
+
+
+def exemplars() -> list[str]:
+    """The prompt's eight worked examples, in order."""
+    return fewshot_prompt().rstrip("\n").split("\n\n")
+
+
+def gold_number(answer: str, origin: str) -> str:
+    match = GOLD_RE.search(answer)
+    if match is None:
+        raise UserError(f"{origin}: the answer has no '#### N' line with the final number; fix or remove the row")
+    gold = match.group(1).strip().replace(",", "")
+    try:
+        Fraction(gold)
+    except ValueError:
+        raise UserError(f"{origin}: the final number {match.group(1)!r} after '####' is not a number") from None
+    return gold
+
+
+# --- extraction -------------------------------------------------------------------------------------
+
+INVALID = None
+
+
+def python_int_literal(digits: str) -> int | None:
+    """What Qwen's `eval(digits)` gives for a run of `\\d` characters, or None where it raises."""
+    if not digits.isascii():
+        return None  # `\d` matches e.g. Arabic-Indic digits; Python literals are ASCII only
+    if len(digits) > 1 and digits[0] == "0" and digits.strip("0"):
+        return None  # "05": leading zeros in decimal integer literals are a SyntaxError
+    return int(digits)
+
+
+def extract_qwen(completion: str) -> int | None:
+    runs = re.findall(r"\d+", completion)
+    return python_int_literal(runs[-1]) if runs else INVALID
+
+
+# A number as people write it: optional minus (ASCII or U+2212), optional $, digits with or without
+# thousands separators, optional decimals. Not preceded by a letter, digit or point, so "x2", the
+# "5" of "3.5" and the "-" of "10-3" are not numbers of their own.
+NUMBER_RE = re.compile(r"(?<![\w.])([-\u2212])?\$?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?")
+ANSWER_IS_RE = re.compile(r"the answer is", re.IGNORECASE)
+
+
+def _number_value(match: re.Match) -> Fraction:
+    sign, whole, decimals = match.groups()
+    value = Fraction(whole.replace(",", "") + (decimals or ""))
+    return -value if sign else value
+
+
+def extract_strict(completion: str) -> Fraction | None:
+    said = list(ANSWER_IS_RE.finditer(completion))
+    if said:
+        first = NUMBER_RE.search(completion, said[-1].end())
+        if first is not None:
+            return _number_value(first)
+    numbers = list(NUMBER_RE.finditer(completion))
+    return _number_value(numbers[-1]) if numbers else INVALID
+
+
+def format_number(value: Fraction | int | None) -> str | None:
+    if value is None:
+        return None
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    text = f"{float(value):.10f}".rstrip("0")
+    return text
+
+
+class GSM8K(Task):
+    name = "gsm8k"
+    default_shots = 8
+    max_shots = 8
+    headline = "acc"
+    model_card_column = "GSM8K"
+    version = "1"
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {"extract": "qwen", "max_new_tokens": 512}
+
+    def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__({**self.default_options(), **dict(options or {})}, **kwargs)
+        if self.options["extract"] not in EXTRACTORS:
+            raise UserError(f"task.extract={self.options['extract']!r} is not an extractor; valid: {', '.join(EXTRACTORS)}")
+        self.max_new_tokens = int(self.options["max_new_tokens"])
+        shots = exemplars()[:self.shots]
+        # shots=8 is the file byte for byte (it ends in "\n"); fewer keep the first k examples.
+        self.prefix = "\n\n".join(shots) + "\n" if shots else ""
+
+    # --- data ---
+
+    def load(self, data: DataSpec, limit: int | None = None) -> list[GSM8KDoc]:
+        source = data.resolved_source()
+        if source == "hub":
+            rows, origin = load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "test"), f"hub {HUB_ID}/{HUB_CONFIG} test"
+        else:
+            path = sample_dir(self.name) / "test.jsonl" if source == "sample" else self._local_file(data.path)
+            rows, origin = read_jsonl(path), str(path)
+        docs = []
+        for i, row in enumerate(rows[:limit] if limit else rows):
+            where = f"{origin}: row {i}"
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+                raise UserError(f"{where}: expected string fields \"question\" and \"answer\" (the GSM8K layout)")
+            docs.append(GSM8KDoc(str(i), row["question"], row["answer"], gold_number(row["answer"], where)))
+        return docs
+
+    def _local_file(self, path: str | None) -> Path:
+        p = local_dir(path, self.name)
+        return require_file(p / "test.jsonl" if p.is_dir() else p, "GSM8K test file (test.jsonl)")
+
+    # --- prompt ---
+
+    def prompt(self, doc: GSM8KDoc) -> str:
+        text = self.prefix + "\nQuestion: " + doc.question + "\nLet's think step by step\n"
+        return text if self.prefix else text[1:]  # zero-shot: no blank line before the question
+
+    def requests(self, doc: GSM8KDoc) -> list[Generate]:
+        return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]
+
+    # --- scoring ---
+
+    def score(self, doc: GSM8KDoc, responses: Sequence[Response]) -> Sample:
+        (result,) = responses
+        assert isinstance(result, GenerateResult)
+        completion = result.texts[0]
+        gold = Fraction(doc.gold)
+        qwen, strict = extract_qwen(completion), extract_strict(completion)
+        scores = {"qwen": float(qwen is not None and qwen == gold),
+                  "strict": float(strict is not None and strict == gold)}
+        predictions = {"qwen": format_number(qwen), "strict": format_number(strict)}
+        headline = self.options["extract"]
+        return Sample(doc_id=doc.doc_id, prompt=self.prompt(doc), target=doc.gold, response=completion,
+                      prediction=predictions[headline], score=scores[headline],
+                      extra={"prediction_qwen": predictions["qwen"], "prediction_strict": predictions["strict"],
+                             "score_qwen": scores["qwen"], "score_strict": scores["strict"]})
+
+    def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        add_metric(metrics, "acc", mean_stderr([s.score for s in samples]))
+        for extractor in EXTRACTORS:
+            add_metric(metrics, f"acc_{extractor}", mean_stderr([s.extra[f"score_{extractor}"] for s in samples]))
+        return metrics
