@@ -54,7 +54,12 @@ def test_qwen1_format_round_trip_multi_shard(mha, tmp_path):
     assert raw["model_type"] == "qwen" and raw["intermediate_size"] == 2 * 48  # Qwen-1 stores 2F
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert "transformer.h.1.mlp.w2.weight" in index["weight_map"]
-    assert_same_model(from_pretrained(tmp_path), mha)
+    import qwen_eval.model
+
+    assert qwen_eval.model.from_pretrained is from_pretrained  # the documented entry point
+    loaded = from_pretrained(tmp_path)
+    assert_same_model(loaded, mha)
+    assert loaded(torch.tensor([[1, 2, 3]])).shape == (1, 3, 512)
 
 
 def test_qwen2_format_round_trip_gqa_tied(gqa_tied, tmp_path):
