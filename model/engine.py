@@ -277,7 +277,7 @@ class Engine:
             chosen = self._next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active]).tolist()
             keep = []
             for pos, (i, tok) in enumerate(zip(active, chosen)):
-                if tok == eod:
+                if tok == eod or requests[i].max_new_tokens <= 0:  # max_new_tokens=0: no token
                     continue
                 generated[i].append(tok)
                 recent = self.tokenizer.decode_bytes(generated[i][-tail[i]:])

@@ -192,3 +192,17 @@ def test_rolling_perplexity_equals_a_plain_loop(model, tokenizer, monkeypatch, w
     assert result.n_tokens == count == len(ids) - 1 and result.text_tokens == len(ids)
     assert result.loglikelihood == pytest.approx(want, abs=1e-4)
     assert math.exp(-result.loglikelihood / result.n_tokens) == pytest.approx(math.exp(-want / count), rel=1e-6)
+
+
+def test_max_new_tokens_bounds_generation(model, tokenizer):
+    """Exactly max_new_tokens tokens when nothing stops earlier; 0 gives the empty text."""
+    engine = Engine(model, tokenizer)
+    context = "Once upon a time"
+    results = engine.generate([Generate(context, max_new_tokens=k) for k in (0, 1, 5)])
+    assert results[0].texts == ("",)
+    prompt = len(tokenizer.encode(context))
+    for k, result in zip((1, 5), results[1:]):
+        before = engine.tokens_processed
+        engine.generate([Generate(context, max_new_tokens=k)])
+        assert engine.tokens_processed - before == prompt + k  # prompt, then one decode step per token
+        assert result.texts[0] and len(tokenizer.encode(result.texts[0])) <= k + 1
