@@ -1,0 +1,205 @@
+"""MATH (Hendrycks et al., 2021): 4-shot with the Minerva prompt, accuracy on the 5,000 test
+problems (the Qwen-14B model card's MATH column), reported by subject and by level.
+
+Data, any of:
+  - the upstream per-problem tree: `data.path` holds `test/<subject>/<n>.json` (or is that `test/`
+    folder); doc_id `<subject>/<n>` (the file stem);
+  - one `test.jsonl` with the upstream fields problem, level, type, solution (`data.path` is the
+    file or a folder holding it); doc_id the 0-based line index;
+  - hub `EleutherAI/hendrycks_math`, one config per subject, split test; doc_id `<subject>/<row>`.
+
+Prompt (Minerva, Lewkowycz et al. 2022; lm-evaluation-harness `minerva_math`): the four worked
+examples of data/math/minerva_4shot.json, each `Problem:\\n{problem}\\n\\nSolution:\\n{solution}`
+with the solution ending `Final Answer: The final answer is ${answer}$. I hope it is correct.`,
+joined by blank lines, then `\\n\\nProblem:\\n{problem}\\n\\nSolution:`. Greedy; stop at `Problem:`.
+At most 1024 new tokens: 8% of the reference solutions (with the closing sentence) are longer
+than 512 Qwen tokens, 0.8% longer than 1024.
+
+Answers and metrics (see math_grading.py): the prediction is the text of Minerva's closing
+sentence, else the last `\\boxed{}`; the gold is the last `\\boxed{}` of the reference solution.
+  exact_match  the Minerva-normalised strings are equal (the headline: Minerva's own metric, and
+               the one lm-evaluation-harness reports; Qwen's repository has no MATH script);
+  equiv        exact_match, or math_verify finds the two answers mathematically equivalent
+               (each comparison bounded by `task.equiv_timeout` seconds in a worker process);
+  equiv_timed_out  the fraction of comparisons that ran out of time (they count as wrong);
+plus `<subject>/<metric>` and `level_<n>/<metric>` for exact_match and equiv.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file, sample_dir
+from qwen_eval.errors import UserError
+from qwen_eval.metrics import add_metric, group_by, mean_stderr
+from qwen_eval.requests import Generate, GenerateResult, Response
+from qwen_eval.task import DataSpec, Sample, Task
+from qwen_eval.tasks.math_grading import EquivalenceChecker, extract_answer, gold_answer, normalize_final_answer
+
+# The `type` field -> the upstream folder name (also the hub config name).
+SUBJECTS: dict[str, str] = {
+    "Algebra": "algebra",
+    "Counting & Probability": "counting_and_probability",
+    "Geometry": "geometry",
+    "Intermediate Algebra": "intermediate_algebra",
+    "Number Theory": "number_theory",
+    "Prealgebra": "prealgebra",
+    "Precalculus": "precalculus",
+}
+HUB_ID = "EleutherAI/hendrycks_math"
+STOP = ("Problem:",)
+SUBSETS = ("full", "math500")
+FIELDS = ("problem", "level", "type", "solution")
+
+
+@dataclass(frozen=True)
+class MathDoc:
+    doc_id: str
+    problem: str
+    solution: str
+    subject: str  # the folder name, e.g. "counting_and_probability"
+    level: int | None  # 1-5; None for the few problems labelled "Level ?"
+    answer: str  # the last \boxed{} of the solution
+
+
+def minerva_examples() -> list[dict[str, str]]:
+    return json.loads((sample_dir("math") / "minerva_4shot.json").read_text(encoding="utf-8"))
+
+
+def format_example(problem: str, solution: str | None = None) -> str:
+    return f"Problem:\n{problem}\n\nSolution:" + (f"\n{solution}" if solution is not None else "")
+
+
+def make_doc(doc_id: str, row: Any, origin: str) -> MathDoc:
+    if not isinstance(row, dict) or any(not isinstance(row.get(f), str) for f in FIELDS):
+        raise UserError(f"{origin}: expected string fields {', '.join(FIELDS)} (the upstream MATH layout)")
+    subject = SUBJECTS.get(row["type"])
+    if subject is None:
+        raise UserError(f"{origin}: type {row['type']!r} is not a MATH subject; valid: {', '.join(SUBJECTS)}")
+    level = re.fullmatch(r"Level (\d)", row["level"])
+    answer = gold_answer(row["solution"])
+    if answer is None:
+        raise UserError(f"{origin}: the solution has no \\boxed{{}} final answer; fix or remove the problem")
+    return MathDoc(doc_id, row["problem"], row["solution"], subject, int(level.group(1)) if level else None, answer)
+
+
+class MATH(Task):
+    name = "math"
+    default_shots = 4
+    max_shots = 4
+    headline = "exact_match"
+    model_card_column = "MATH"
+    version = "1"
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {"subset": "full", "max_new_tokens": 1024, "equiv_timeout": 5.0}
+
+    def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__({**self.default_options(), **dict(options or {})}, **kwargs)
+        if self.options["subset"] not in SUBSETS:
+            raise UserError(f"task.subset={self.options['subset']!r} is not a subset; valid: {', '.join(SUBSETS)}")
+        self.max_new_tokens = int(self.options["max_new_tokens"])
+        self.prefix = "".join(format_example(e["problem"], e["solution"]) + "\n\n"
+                              for e in minerva_examples()[:self.shots])
+        self.checker = EquivalenceChecker(timeout=float(self.options["equiv_timeout"]))
+
+    # --- data ---
+
+    def load(self, data: DataSpec, limit: int | None = None) -> list[MathDoc]:
+        source = data.resolved_source()
+        if source == "hub":
+            docs = self._hub_docs()
+        elif source == "sample":
+            docs = self._jsonl_docs(sample_dir(self.name) / "test.jsonl")
+        else:
+            docs = self._local_docs(local_dir(data.path, self.name))
+        if self.options["subset"] == "math500":
+            docs = self._math500(docs)
+        return docs[:limit] if limit else docs
+
+    def _local_docs(self, path: Path) -> list[MathDoc]:
+        if path.is_file():
+            return self._jsonl_docs(path)
+        if (path / "test.jsonl").is_file():
+            return self._jsonl_docs(path / "test.jsonl")
+        tree = path / "test" if (path / "test").is_dir() else path
+        files = sorted((p for subject in SUBJECTS.values() for p in (tree / subject).glob("*.json")),
+                       key=lambda p: (p.parent.name, int(p.stem) if p.stem.isdigit() else 0, p.stem))
+        if not files:
+            raise UserError(f"task math: {path} has neither test.jsonl nor test/<subject>/<n>.json files; "
+                            f"point data.path at a MATH copy in one of those layouts")
+        docs = []
+        for p in files:
+            try:
+                row = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{p}: not a JSON object ({e}); fix or remove the file") from None
+            doc = make_doc(f"{p.parent.name}/{p.stem}", row, str(p))
+            if doc.subject != p.parent.name:
+                raise UserError(f"{p}: type {row['type']!r} does not belong in folder {p.parent.name}/")
+            docs.append(doc)
+        return docs
+
+    def _jsonl_docs(self, path: Path) -> list[MathDoc]:
+        path = require_file(path, "MATH test file")
+        return [make_doc(str(i), row, f"{path}: row {i}") for i, row in enumerate(read_jsonl(path))]
+
+    def _hub_docs(self) -> list[MathDoc]:
+        docs = []
+        for subject in SUBJECTS.values():
+            rows = load_hub_dataset(self.name, HUB_ID, subject, "test")
+            docs += [make_doc(f"{subject}/{i}", row, f"hub {HUB_ID}/{subject} test: row {i}") for i, row in enumerate(rows)]
+        return docs
+
+    def _math500(self, docs: list[MathDoc]) -> list[MathDoc]:
+        raise UserError("task.subset=math500 is not available in this version")
+
+    # --- prompt ---
+
+    def prompt(self, doc: MathDoc) -> str:
+        return self.prefix + format_example(doc.problem)
+
+    def requests(self, doc: MathDoc) -> list[Generate]:
+        return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]
+
+    # --- scoring ---
+
+    def score(self, doc: MathDoc, responses: Sequence[Response]) -> Sample:
+        (result,) = responses
+        assert isinstance(result, GenerateResult)
+        completion = result.texts[0]
+        prediction = extract_answer(completion)
+        target = normalize_final_answer(doc.answer)
+        normalized = normalize_final_answer(prediction) if prediction is not None else None
+        exact = normalized == target
+        timed_out = False
+        equivalent = exact
+        if not exact and prediction is not None:
+            verdict = self.checker(prediction, doc.answer)
+            equivalent, timed_out = verdict.equivalent, verdict.timed_out
+        return Sample(doc_id=doc.doc_id, prompt=self.prompt(doc), target=doc.answer, response=completion,
+                      prediction=prediction, score=float(exact),
+                      extra={"subject": doc.subject, "level": doc.level, "normalized_prediction": normalized,
+                             "normalized_target": target, "exact_match": float(exact),
+                             "equiv": float(equivalent), "equiv_timed_out": timed_out})
+
+    def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        add_metric(metrics, "exact_match", mean_stderr([s.extra["exact_match"] for s in samples]))
+        add_metric(metrics, "equiv", mean_stderr([s.extra["equiv"] for s in samples]))
+        add_metric(metrics, "equiv_timed_out", mean_stderr([float(s.extra["equiv_timed_out"]) for s in samples]))
+        by_subject = group_by(samples, lambda s: s.extra["subject"])
+        by_level = group_by(samples, lambda s: s.extra["level"])
+        groups = [(subject, by_subject[subject]) for subject in SUBJECTS.values() if subject in by_subject]
+        groups += [(f"level_{level}", by_level[level]) for level in sorted(k for k in by_level if k is not None)]
+        if None in by_level:
+            groups.append(("level_unknown", by_level[None]))
+        for group, members in groups:
+            for metric in ("exact_match", "equiv"):
+                add_metric(metrics, f"{group}/{metric}", mean_stderr([s.extra[metric] for s in members]))
+        return metrics
