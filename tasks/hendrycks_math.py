@@ -7,6 +7,9 @@ Data, any of:
   - one `test.jsonl` with the upstream fields problem, level, type, solution (`data.path` is the
     file or a folder holding it); doc_id the 0-based line index;
   - hub `EleutherAI/hendrycks_math`, one config per subject, split test; doc_id `<subject>/<row>`.
+`task.subset=math500` keeps the 500 problems of MATH-500 (Lightman et al. 2023), in its order:
+their unique_ids (`test/<subject>/<n>.json`) and problem-text keys are package data
+(data/math/math500.jsonl), so any of the three sources can be filtered.
 
 Prompt (Minerva, Lewkowycz et al. 2022; lm-evaluation-harness `minerva_math`): the four worked
 examples of data/math/minerva_4shot.json, each `Problem:\\n{problem}\\n\\nSolution:\\n{solution}`
@@ -27,9 +30,10 @@ plus `<subject>/<metric>` and `level_<n>/<metric>` for exact_match and equiv.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -64,10 +68,23 @@ class MathDoc:
     subject: str  # the folder name, e.g. "counting_and_probability"
     level: int | None  # 1-5; None for the few problems labelled "Level ?"
     answer: str  # the last \boxed{} of the solution
+    unique_id: str | None = None  # "test/<subject>/<n>.json" where known (the JSON tree, MATH-500)
 
 
 def minerva_examples() -> list[dict[str, str]]:
     return json.loads((sample_dir("math") / "minerva_4shot.json").read_text(encoding="utf-8"))
+
+
+def problem_key(problem: str) -> str:
+    """sha256 of the problem text with whitespace runs collapsed: how MATH-500 finds its problems
+    in a test.jsonl (or hub split) that carries no problem ids."""
+    return hashlib.sha256(" ".join(problem.split()).encode("utf-8")).hexdigest()
+
+
+def math500_entries() -> list[dict[str, str]]:
+    """MATH-500 (Lightman et al. 2023, openai/prm800k math_splits/test.jsonl) in its own order:
+    each problem's unique_id and problem_key."""
+    return read_jsonl(sample_dir("math") / "math500.jsonl")
 
 
 def format_example(problem: str, solution: str | None = None) -> str:
@@ -139,7 +156,8 @@ class MATH(Task):
                 row = json.loads(p.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise UserError(f"{p}: not a JSON object ({e}); fix or remove the file") from None
-            doc = make_doc(f"{p.parent.name}/{p.stem}", row, str(p))
+            doc = replace(make_doc(f"{p.parent.name}/{p.stem}", row, str(p)),
+                          unique_id=f"test/{p.parent.name}/{p.name}")
             if doc.subject != p.parent.name:
                 raise UserError(f"{p}: type {row['type']!r} does not belong in folder {p.parent.name}/")
             docs.append(doc)
@@ -157,7 +175,22 @@ class MATH(Task):
         return docs
 
     def _math500(self, docs: list[MathDoc]) -> list[MathDoc]:
-        raise UserError("task.subset=math500 is not available in this version")
+        """The MATH-500 problems, in MATH-500's order: by unique_id where the data has file ids
+        (the JSON tree), else by problem text."""
+        by_id = {d.unique_id: d for d in docs if d.unique_id}
+        by_key = {problem_key(d.problem): d for d in docs}
+        selected, missing = [], []
+        for entry in math500_entries():
+            doc = by_id.get(entry["unique_id"]) or by_key.get(entry["problem_key"])
+            if doc is None:
+                missing.append(entry["unique_id"])
+            else:
+                selected.append(replace(doc, unique_id=entry["unique_id"]))
+        if missing:
+            raise UserError(f"task.subset=math500: {len(missing)} of its 500 problems are not in the loaded data "
+                            f"(first: {missing[0]}); load the full MATH test set (data.path=DIR with "
+                            f"test.jsonl or test/<subject>/<n>.json)")
+        return selected
 
     # --- prompt ---
 
@@ -184,7 +217,8 @@ class MATH(Task):
             equivalent, timed_out = verdict.equivalent, verdict.timed_out
         return Sample(doc_id=doc.doc_id, prompt=self.prompt(doc), target=doc.answer, response=completion,
                       prediction=prediction, score=float(exact),
-                      extra={"subject": doc.subject, "level": doc.level, "normalized_prediction": normalized,
+                      extra={"subject": doc.subject, "level": doc.level, "unique_id": doc.unique_id,
+                             "normalized_prediction": normalized,
                              "normalized_target": target, "exact_match": float(exact),
                              "equiv": float(equivalent), "equiv_timed_out": timed_out})
 

@@ -4,6 +4,7 @@ over the full real test set."""
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -198,6 +199,47 @@ def test_oracle_replay_of_the_real_test_set(shared_data, task):
     assert result.metrics["equiv_timed_out"] == 0.0
     assert {f"{s}/exact_match" for s in SUBJECTS.values()} | {f"level_{n}/equiv" for n in range(1, 6)} <= set(result.metrics)
     print(f"math oracle: {time.perf_counter() - start:.2f}s")
+
+
+# --- MATH-500 ---------------------------------------------------------------------------------------
+
+
+def test_math500_from_the_jsonl_is_its_500_problems_in_its_order(shared_data):
+    task = MATH({"subset": "math500"})
+    docs = task.load(DataSpec("local", str(shared_data / "math")))
+    task.checker.close()
+    assert len(docs) == 500 == len({d.doc_id for d in docs})
+    assert [(d.unique_id, d.doc_id) for d in docs[:3]] == [
+        ("test/precalculus/807.json", "4914"), ("test/intermediate_algebra/1994.json", "2611"),
+        ("test/algebra/2584.json", "757")]
+    assert docs[0].problem.startswith("Convert the point $(0,3)$ in rectangular coordinates to polar coordinates.")
+    assert collections.Counter(d.subject for d in docs) == {
+        "algebra": 124, "intermediate_algebra": 97, "prealgebra": 82, "number_theory": 62, "precalculus": 56,
+        "geometry": 41, "counting_and_probability": 38}
+    assert collections.Counter(d.level for d in docs) == {1: 43, 2: 90, 3: 105, 4: 128, 5: 134}
+    assert all(d.unique_id.split("/")[1] == d.subject for d in docs)
+
+
+def test_math500_from_the_json_tree_selects_by_file_id(tmp_path, shared_data):
+    rows = read_rows(shared_data / "math" / "test.jsonl")
+    from_jsonl = MATH({"subset": "math500"}).load(DataSpec("local", str(shared_data / "math")))
+    # The tree holds the 500 problems under their ids plus one more; its problems are found by id.
+    write_tree(tmp_path, [(d.subject, d.unique_id.split("/")[2][:-5], rows[int(d.doc_id)]) for d in from_jsonl]
+               + [("algebra", "999999", rows[0])])
+    task = MATH({"subset": "math500"})
+    docs = task.load(DataSpec("local", str(tmp_path)), limit=5)
+    task.checker.close()
+    assert [d.unique_id for d in docs] == [d.unique_id for d in from_jsonl[:5]]
+    assert [d.doc_id for d in docs] == ["precalculus/807", "intermediate_algebra/1994", "algebra/2584",
+                                        "number_theory/572", "algebra/1349"]
+    assert [d.problem for d in docs] == [d.problem for d in from_jsonl[:5]]
+
+
+def test_math500_needs_the_full_test_set():
+    task = MATH({"subset": "math500"})
+    with pytest.raises(UserError, match="499 of its 500 problems are not in the loaded data"):
+        task.load(DataSpec("sample"))
+    task.checker.close()
 
 
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
