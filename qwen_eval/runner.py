@@ -118,10 +118,17 @@ def evaluate(task: Task, docs: Sequence[Doc], backend: Backend, *, cache: Answer
         return EvalResult([], {}, int(stats["requests_total"]), int(stats["requests_cached"]), stats)
 
     score_start = time.perf_counter()
-    samples, offset = [], 0
-    for doc, reqs in zip(docs, per_doc):
-        samples.append(task.score(doc, responses[offset:offset + len(reqs)]))
+    grouped, offset = [], 0
+    for reqs in per_doc:
+        grouped.append(responses[offset:offset + len(reqs)])
         offset += len(reqs)
+    score_many = getattr(task, "score_many", None)
+    if callable(score_many):  # a task that scores documents together (code runs in parallel)
+        samples = list(score_many(docs, grouped))
+        if len(samples) != len(docs):
+            raise RuntimeError(f"task {task.name}: score_many returned {len(samples)} samples for {len(docs)} documents")
+    else:
+        samples = [task.score(doc, answers) for doc, answers in zip(docs, grouped)]
     metrics = task.aggregate(samples)
     stats["scoring_seconds"] = time.perf_counter() - score_start
     return EvalResult(samples, metrics, int(stats["requests_total"]), int(stats["requests_cached"]), stats)
