@@ -115,11 +115,41 @@ class Engine:
             groups.append(current)
         return groups
 
+    @staticmethod
+    def _prefix_groups(rows: Sequence[Sequence[int]], alphas: list[float]) -> list[list[int]]:
+        """Row indices grouped by a prompt prefix worth computing once (a subject's shots); rows
+        that share none are one group of their own, batched without a prefix.
+
+        Rows are sorted by their tokens, so a group's common prefix is the smallest common prefix
+        of neighbours; a neighbour starts a new group when they share less than half of the
+        shorter row (MMLU: a subject's ~500 shot tokens of ~600; across subjects ~10 tokens).
+        """
+        order = sorted(range(len(rows)), key=lambda i: rows[i])
+        groups: list[list[int]] = [[order[0]]] if order else []
+        for prev, i in zip(order, order[1:]):
+            lcp = _common_prefix([rows[prev], rows[i]])
+            if alphas[prev] == alphas[i] and lcp >= MIN_SHARED_PREFIX and 2 * lcp >= min(len(rows[prev]), len(rows[i])):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        alone = [g[0] for g in groups if len(g) == 1]
+        return [g for g in groups if len(g) > 1] + ([alone] if alone else [])
+
     def _hidden(self, rows: list[list[int]], wanted: list[list[int]], options: LongContextOptions | None
                 ) -> list[Tensor]:
         """Final hidden states [len(wanted[i]), D] of every token row at its wanted positions."""
         out: list[Tensor | None] = [None] * len(rows)
         alphas = self.model.row_alphas([len(r) for r in rows], options)
+        for group in self._prefix_groups(rows, alphas):
+            hidden = self._hidden_group([rows[i] for i in group], [wanted[i] for i in group],
+                                        [alphas[i] for i in group], options)
+            for i, h in zip(group, hidden):
+                out[i] = h
+        return out  # type: ignore[return-value]
+
+    def _hidden_group(self, rows: list[list[int]], wanted: list[list[int]], alphas: list[float],
+                      options: LongContextOptions | None) -> list[Tensor]:
+        out: list[Tensor | None] = [None] * len(rows)
         limit = min(min(len(r) for r in rows) - 1, min(min(w) for w in wanted))
         shared, keys, values = self._shared_prefix(rows, alphas, options, limit)
         suffix_len = [len(r) - shared for r in rows]
@@ -149,14 +179,33 @@ class Engine:
         if not rows:
             return []
         wanted = [sorted(set(r.positions)) for r in rows]
-        hidden = self._hidden([r.tokens for r in rows], wanted, options)
-        scores = []
-        for row, h, w in zip(rows, hidden, wanted):
-            logprobs = torch.log_softmax(self.model.logits(h).float(), dim=-1)
-            best = logprobs.argmax(-1).tolist()
-            at = {p: i for i, p in enumerate(w)}
-            scores.append(([float(logprobs[at[p], t]) for p, t in zip(row.positions, row.targets)],
-                           [best[at[p]] == t for p, t in zip(row.positions, row.targets)]))
+        hidden = torch.cat(self._hidden([r.tokens for r in rows], wanted, options))
+        # every (row, position, target) as (index into `hidden`, target token)
+        pair_index, pair_target, offset = [], [], 0
+        for row, w in zip(rows, wanted):
+            at = {p: offset + i for i, p in enumerate(w)}
+            pair_index += [at[p] for p in row.positions]
+            pair_target += row.targets
+            offset += len(w)
+        index = torch.tensor(pair_index, device=hidden.device)
+        target = torch.tensor(pair_target, device=hidden.device)
+        logprob = torch.empty(len(pair_index), dtype=torch.float32, device=hidden.device)
+        is_best = torch.empty(len(pair_index), dtype=torch.bool, device=hidden.device)
+        # one lm_head over all rows' positions (a call per row would read the whole [V, D]
+        # weight for a handful of positions), in chunks that bound the fp32 logits
+        chunk = max(1, LOSS_CHUNK_ELEMENTS // self.model.config.vocab_size)
+        for s in range(0, hidden.shape[0], chunk):
+            logprobs = torch.log_softmax(self.model.logits(hidden[s:s + chunk]).float(), dim=-1)
+            mine = ((index >= s) & (index < s + chunk)).nonzero()[:, 0]
+            local = index[mine] - s
+            logprob[mine] = logprobs[local, target[mine]]
+            is_best[mine] = logprobs.argmax(-1)[local] == target[mine]
+        logprob_list, best_list = logprob.tolist(), is_best.tolist()
+        scores, k = [], 0
+        for row in rows:
+            n = len(row.positions)
+            scores.append((logprob_list[k:k + n], best_list[k:k + n]))
+            k += n
         return scores
 
     # ------------------------------------------------------------------------------------------
