@@ -2,6 +2,9 @@
 
     qwen-eval suite=model_card model=qwen-14b model.path=DIR data.path=DATA_ROOT
 
+A suite is a YAML file in conf/suite/ (or in a folder added with hydra.searchpath=[file://DIR]):
+`name`, and `tasks`, a list of {task, shots, options} where options override the task's YAML.
+
 The backend (and its weights) is built once. A task that fails is recorded with its one-line
 error and the others still run; the table at the end shows what finished, `-` for the rest, and
 the command exits 1 when anything failed.
@@ -36,6 +39,11 @@ def _task_run_config(cfg: DictConfig, entry: DictConfig, data_root: Path | None)
     run_cfg = cfg.copy()
     with open_dict(run_cfg):
         run_cfg.task = _task_config(entry.task)
+        for key, value in (entry.get("options") or {}).items():  # {task: gsm8k, options: {max_new_tokens: 256}}
+            if key not in run_cfg.task:
+                raise UserError(f"suite {cfg.suite.name}: task {entry.task} has no option {key!r} "
+                                f"(options: {', '.join(k for k in run_cfg.task if k != 'name') or 'none'})")
+            run_cfg.task[key] = value
         run_cfg.shots = entry.get("shots")
         del run_cfg["suite"]
         if data_root is not None:
