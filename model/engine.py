@@ -162,7 +162,7 @@ class Engine:
             ids = ids.to(self.device)
             lengths = torch.tensor([suffix_len[i] for i in group], device=self.device)
             if shared:
-                cache = self.model.new_cache(len(group), shared + width)
+                cache = self.model.new_cache(len(group), width)
                 cache.load_prefix(keys, values, alphas[0])
                 hidden = self.model(ids, cache=cache, lengths=lengths, options=options, return_hidden=True)
             else:
@@ -286,13 +286,18 @@ class Engine:
         rows = [(i, s) for i, r in enumerate(requests) for s in range(r.n)]
         prompts = self.tokenizer.encode_batch([r.context for r in requests])
         texts: dict[tuple[int, int], str] = {}
-        order = sorted(range(len(rows)), key=lambda k: -len(prompts[rows[k][0]]))
-        budget_len = [len(prompts[rows[k][0]]) + requests[rows[k][0]].max_new_tokens for k in range(len(rows))]
-        for group in self._batches(order, budget_len):
-            group_rows = [rows[k] for k in group]
-            outs = self._generate_group([prompts[i] for i, _ in group_rows], [requests[i] for i, _ in group_rows],
-                                        [self._row_generator(requests[i], s) for i, s in group_rows])
-            texts.update(zip(group_rows, outs))
+        tokens = [prompts[i] for i, _ in rows]
+        alphas = self.model.row_alphas([len(t) for t in tokens])
+        for prefix_group in self._prefix_groups(tokens, alphas):
+            # a shared prefix is held once for the batch, so a row costs its own tokens
+            shared = _common_prefix([tokens[k] for k in prefix_group]) if len(prefix_group) > 1 else 0
+            order = sorted(prefix_group, key=lambda k: -len(tokens[k]))
+            budget_len = [len(t) - shared + requests[i].max_new_tokens for t, (i, _) in zip(tokens, rows)]
+            for group in self._batches(order, budget_len):
+                group_rows = [rows[k] for k in group]
+                outs = self._generate_group([prompts[i] for i, _ in group_rows], [requests[i] for i, _ in group_rows],
+                                            [self._row_generator(requests[i], s) for i, s in group_rows])
+                texts.update(zip(group_rows, outs))
         return [GenerateResult(tuple(texts[(i, s)] for s in range(r.n))) for i, r in enumerate(requests)]
 
     def _generate_group(self, prompts: list[list[int]], requests: list[Generate], generators: list) -> list[str]:
@@ -302,7 +307,7 @@ class Engine:
         shared, keys, values = self._shared_prefix(prompts, alphas, None, min(lengths) - 1)
         width = max(lengths) - shared
         max_new = max(r.max_new_tokens for r in requests)
-        cache = self.model.new_cache(n, shared + width + max_new)
+        cache = self.model.new_cache(n, width + max_new)  # after the shared prefix, if any
         ids = torch.zeros(n, width, dtype=torch.long)
         for b, p in enumerate(prompts):
             ids[b, :len(p) - shared] = torch.tensor(p[shared:])

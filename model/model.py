@@ -152,6 +152,8 @@ class KVCache:
 
     Rows are right-padded: row b's valid keys are columns [0, lengths[b]). A forward on top of
     the cache writes its T new tokens at columns lengths[b] ... lengths[b] + T - 1 of each row.
+    With a shared prefix of P tokens (load_prefix), positions [0, P) live once in prefix_keys and
+    values, and row column j holds position P + j; lengths still count positions.
     """
 
     def __init__(self, cfg: QwenConfig, batch_size: int, max_len: int, *, dtype: torch.dtype,
@@ -162,6 +164,11 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.alphas: list[float] = [1.0] * batch_size  # NTK alpha fixed at the cache-less call
         self.max_len = max_len
+        # a prefix every row shares (load_prefix), per layer: keys [kv_heads, hd, P], values
+        # [kv_heads, P, hd]; one copy for the batch
+        self.prefix_keys: list[Tensor] | None = None
+        self.prefix_values: list[Tensor] | None = None
+        self.prefix_len = 0
 
     @property
     def batch_size(self) -> int:
@@ -175,12 +182,17 @@ class KVCache:
         self.alphas = [self.alphas[i] for i in rows.tolist()]
 
     def load_prefix(self, keys: list[Tensor], values: list[Tensor], alpha: float) -> None:
-        """Put one shared prefix ([1, P, kv_heads, hd] per layer) at the start of every row."""
-        p = keys[0].shape[1]
-        for layer in range(len(self.keys)):
-            self.keys[layer][:, :p] = keys[layer]
-            self.values[layer][:, :p] = values[layer]
-        self.lengths.fill_(p)
+        """Start every row with one shared prefix ([1, P, kv_heads, hd] per layer), by reference.
+
+        Attention reads the prefix once per step for the whole batch instead of once per row
+        (decoding after GSM8K's 8 shots is bound by reading the KV cache), and the rows' storage
+        only holds what follows it (max_len counts the tokens after the prefix).
+        """
+        # laid out once as the attention matmuls read them: keys [kv, hd, P], values [kv, P, hd]
+        self.prefix_keys = [k[0].permute(1, 2, 0).contiguous() for k in keys]
+        self.prefix_values = [v[0].transpose(0, 1).contiguous() for v in values]
+        self.prefix_len = keys[0].shape[1]
+        self.lengths.fill_(self.prefix_len)
         self.alphas = [alpha] * self.batch_size
 
 
@@ -241,13 +253,19 @@ class Attention(nn.Module):
         if cache is None:
             out = self._attend_no_cache(q, k, v, window)
         else:
-            # write the new keys at each row's columns starts[b] ... starts[b] + t - 1
-            cols = starts[:, None] + torch.arange(t, device=x.device)[None, :]  # [B, T]
+            # write the new keys at each row's columns starts[b] ... starts[b] + t - 1 (after a
+            # shared prefix, column = position - P)
+            p = cache.prefix_len
+            cols = starts[:, None] - p + torch.arange(t, device=x.device)[None, :]  # [B, T]
             rows = torch.arange(b, device=x.device)[:, None].expand(b, t)
             cache.keys[layer][rows, cols] = k
             cache.values[layer][rows, cols] = v
             kv_len = int(cols.max()) + 1
-            out = _attend(q, cache.keys[layer][:, :kv_len], cache.values[layer][:, :kv_len], cols, window)
+            if p:
+                out = _attend_after_prefix(q, cache.prefix_keys[layer], cache.prefix_values[layer],
+                                           cache.keys[layer][:, :kv_len], cache.values[layer][:, :kv_len], cols, p, window)
+            else:
+                out = _attend(q, cache.keys[layer][:, :kv_len], cache.values[layer][:, :kv_len], cols, window)
         return self.out(out.reshape(b, t, -1))
 
     def _attend_no_cache(self, q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
@@ -289,6 +307,59 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, query_cols: Tensor, window: int) ->
         if window:
             visible &= keys[None, None, :] > qc[:, :, None] - window
         outs.append(_sdpa(q[:, s:s + block], k[:, lo:hi], v[:, lo:hi], mask=visible[:, None]))
+    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def _attend_after_prefix(q: Tensor, prefix_kt: Tensor, prefix_vh: Tensor, k: Tensor, v: Tensor, query_cols: Tensor,
+                         prefix_len: int, window: int) -> Tensor:
+    """Attention over a prefix all rows share (keys [kv_heads, hd, P], values [kv_heads, P, hd])
+    then each row's own keys
+    ([B, T, kv_heads, hd]); query (b, i) sits at position prefix_len + query_cols[b, i] and sees
+    own columns j <= query_cols[b, i] (and only keys within the window when windowed).
+
+    One softmax over both parts, taken in fp32 from the two score blocks (the prefix scores of
+    every row come from one matmul against the single prefix copy), over blocks of queries.
+    """
+    b, t, h, d = q.shape
+    kv_heads, n_own = prefix_kt.shape[0], k.shape[1]
+    g = h // kv_heads
+    scale = 1.0 / math.sqrt(d)
+    own_kt = k.permute(0, 2, 3, 1)  # [B, kv, d, T]
+    own_vh = v.transpose(1, 2)  # [B, kv, T, d]
+    key_pos = torch.arange(prefix_len, device=q.device)
+    key_cols = torch.arange(n_own, device=q.device)
+    block = max(1, min(t, MASK_BLOCK_ELEMENTS // max(1, b * h * (prefix_len + n_own))))
+    outs = []
+    for s in range(0, t, block):
+        qb = q[:, s:s + block].reshape(b, -1, kv_heads, g, d)  # query head = kv head * g + j
+        tb = qb.shape[1]
+        cols = query_cols[:, s:s + block]  # [B, tb]
+        # prefix scores, rows ordered (b, i, j) per kv head: [kv, B*tb*g, P]
+        q_prefix = qb.permute(2, 0, 1, 3, 4).reshape(kv_heads, b * tb * g, d)
+        sp = torch.matmul(q_prefix, prefix_kt).float() * scale
+        if window:  # prefix position p visible when p > position - window
+            visible = key_pos[None, None, :] > (prefix_len + cols - window)[:, :, None]  # [B, tb, P]
+            sp = sp.masked_fill(~visible[:, :, None, :].expand(b, tb, g, prefix_len).reshape(1, -1, prefix_len),
+                                float("-inf"))
+        # own scores, rows ordered (i, j) per (b, kv head): [B, kv, tb*g, T]
+        q_own = qb.permute(0, 2, 1, 3, 4).reshape(b, kv_heads, tb * g, d)
+        so = torch.matmul(q_own, own_kt).float() * scale
+        visible = key_cols[None, None, :] <= cols[:, :, None]  # [B, tb, T]
+        if window:
+            visible &= key_cols[None, None, :] > (cols - window)[:, :, None]
+        so = so.masked_fill(~visible[:, None, :, None, :].expand(b, 1, tb, g, n_own).reshape(b, 1, tb * g, n_own),
+                            float("-inf"))
+        # one softmax: own key j = the query itself is always visible, so the max is finite
+        sp_own = sp.view(kv_heads, b, tb * g, prefix_len).permute(1, 0, 2, 3)  # [B, kv, tb*g, P]
+        m = torch.maximum(sp_own.amax(-1), so.amax(-1))  # [B, kv, tb*g]
+        ep = torch.exp(sp - m.permute(1, 0, 2).reshape(kv_heads, -1)[..., None])
+        eo = torch.exp(so - m[..., None])
+        denom = ep.view(kv_heads, b, tb * g, prefix_len).sum(-1).permute(1, 0, 2) + eo.sum(-1)
+        out_prefix = torch.matmul(ep.to(prefix_vh.dtype), prefix_vh).float()  # [kv, B*tb*g, d]
+        out = out_prefix.view(kv_heads, b, tb * g, d).permute(1, 0, 2, 3) + \
+            torch.matmul(eo.to(own_vh.dtype), own_vh).float()
+        out = out / denom[..., None]  # [B, kv, tb*g, d]
+        outs.append(out.view(b, kv_heads, tb, g, d).permute(0, 2, 1, 3, 4).reshape(b, tb, h, d).to(q.dtype))
     return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
 
