@@ -206,3 +206,28 @@ def test_max_new_tokens_bounds_generation(model, tokenizer):
         engine.generate([Generate(context, max_new_tokens=k)])
         assert engine.tokens_processed - before == prompt + k  # prompt, then one decode step per token
         assert result.texts[0] and len(tokenizer.encode(result.texts[0])) <= k + 1
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("window", [0, 5, 40])
+def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kv_heads, window):
+    """The prefix read by reference gives the attention a copied prefix gives (GQA, windows that
+    reach into the prefix, right-padded rows at different positions)."""
+    from qwen_eval.model.model import _attend, _attend_after_prefix
+
+    gen = torch.Generator().manual_seed(0)
+    b, t, h, d, prefix, own = 3, 7, 4, 16, 23, 12
+    q = torch.randn(b, t, h, d, generator=gen)
+    prefix_k = torch.randn(1, prefix, kv_heads, d, generator=gen)
+    prefix_v = torch.randn(1, prefix, kv_heads, d, generator=gen)
+    own_k = torch.randn(b, own, kv_heads, d, generator=gen)
+    own_v = torch.randn(b, own, kv_heads, d, generator=gen)
+    # row b's queries sit at own columns starting at b (rows hold different numbers of tokens)
+    cols = torch.arange(b)[:, None] + torch.arange(t)[None, :]
+
+    copied_k = torch.cat([prefix_k.expand(b, -1, -1, -1), own_k], dim=1)
+    copied_v = torch.cat([prefix_v.expand(b, -1, -1, -1), own_v], dim=1)
+    expected = _attend(q, copied_k, copied_v, cols + prefix, window)
+    got = _attend_after_prefix(q, prefix_k[0].permute(1, 2, 0).contiguous(),
+                               prefix_v[0].transpose(0, 1).contiguous(), own_k, own_v, cols, prefix, window)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), float((got - expected).abs().max())
