@@ -102,11 +102,12 @@ class Engine:
         return shared, cache.keys, cache.values
 
     def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        """Consecutive groups of `order` (sorted longest first) within the token budget."""
+        """Consecutive groups of `order` (sorted longest first) within the token budget; a row
+        shorter than half the group's widest starts a new group (it would be mostly padding)."""
         groups, current, width = [], [], 0
         for i in order:
             w = max(width, lengths[i])
-            if current and w * (len(current) + 1) > self.max_batch_tokens:
+            if current and (w * (len(current) + 1) > self.max_batch_tokens or 2 * lengths[i] < width):
                 groups.append(current)
                 current, w = [], lengths[i]
             current.append(i)

@@ -164,8 +164,8 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.alphas: list[float] = [1.0] * batch_size  # NTK alpha fixed at the cache-less call
         self.max_len = max_len
-        # a prefix every row shares (load_prefix), per layer: keys [kv_heads, hd, P], values
-        # [kv_heads, P, hd]; one copy for the batch
+        # a prefix every row shares (load_prefix), per layer [1, kv_heads, P, hd]; one copy for
+        # the batch
         self.prefix_keys: list[Tensor] | None = None
         self.prefix_values: list[Tensor] | None = None
         self.prefix_len = 0
@@ -188,9 +188,9 @@ class KVCache:
         (decoding after GSM8K's 8 shots is bound by reading the KV cache), and the rows' storage
         only holds what follows it (max_len counts the tokens after the prefix).
         """
-        # laid out once as the attention matmuls read them: keys [kv, hd, P], values [kv, P, hd]
-        self.prefix_keys = [k[0].permute(1, 2, 0).contiguous() for k in keys]
-        self.prefix_values = [v[0].transpose(0, 1).contiguous() for v in values]
+        # laid out once as attention reads them: [1, kv_heads, P, hd]
+        self.prefix_keys = [k.transpose(1, 2).contiguous() for k in keys]
+        self.prefix_values = [v.transpose(1, 2).contiguous() for v in values]
         self.prefix_len = keys[0].shape[1]
         self.lengths.fill_(self.prefix_len)
         self.alphas = [alpha] * self.batch_size
@@ -310,20 +310,60 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, query_cols: Tensor, window: int) ->
     return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
 
 
-def _attend_after_prefix(q: Tensor, prefix_kt: Tensor, prefix_vh: Tensor, k: Tensor, v: Tensor, query_cols: Tensor,
-                         prefix_len: int, window: int) -> Tensor:
-    """Attention over a prefix all rows share (keys [kv_heads, hd, P], values [kv_heads, P, hd])
-    then each row's own keys
-    ([B, T, kv_heads, hd]); query (b, i) sits at position prefix_len + query_cols[b, i] and sees
-    own columns j <= query_cols[b, i] (and only keys within the window when windowed).
+# SDPA's CPU flash kernel, which also returns each query's log-sum-exp: two partial attentions
+# (shared prefix, own keys) merge exactly with it. A private op, so looked up defensively.
+_cpu_flash_with_lse = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
-    One softmax over both parts, taken in fp32 from the two score blocks (the prefix scores of
-    every row come from one matmul against the single prefix copy), over blocks of queries.
+
+def _attend_after_prefix(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, query_cols: Tensor,
+                         prefix_len: int, window: int) -> Tensor:
+    """Attention over a prefix all rows share (keys and values [1, kv_heads, P, hd]) then each
+    row's own keys ([B, T, kv_heads, hd]); query (b, i) sits at position prefix_len +
+    query_cols[b, i] and sees own columns j <= query_cols[b, i] (and only keys within the window
+    when windowed). The prefix is read once for the whole batch: its queries are every row's.
     """
+    if _cpu_flash_with_lse is not None and q.device.type == "cpu" and not window:
+        try:
+            return _attend_after_prefix_cpu_flash(q, prefix_k, prefix_v, k, v, query_cols)
+        except RuntimeError:  # an older kernel without attn_mask: the exact fallback below
+            pass
+    return _attend_after_prefix_math(q, prefix_k, prefix_v, k, v, query_cols, prefix_len, window)
+
+
+def _attend_after_prefix_cpu_flash(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor,
+                                   query_cols: Tensor) -> Tensor:
+    """Two flash attentions, each with its log-sum-exp, merged: out = sum_part w_part * out_part
+    with w_part = exp(lse_part - lse_total). Every prefix key is visible (no window)."""
     b, t, h, d = q.shape
-    kv_heads, n_own = prefix_kt.shape[0], k.shape[1]
+    kv_heads, n_own = prefix_k.shape[1], k.shape[1]
+    g = h // kv_heads
+    qg = q.reshape(b, t, kv_heads, g, d)  # query head = kv head * g + j
+    # prefix: the queries of every row and head group as one long query sequence per kv head
+    q_prefix = qg.permute(2, 0, 1, 3, 4).reshape(1, kv_heads, b * t * g, d)
+    out_p, lse_p = _cpu_flash_with_lse(q_prefix, prefix_k, prefix_v, 0.0, False)
+    out_p = out_p.view(kv_heads, b, t * g, d).transpose(0, 1)  # [B, kv, t*g, d]
+    lse_p = lse_p.view(kv_heads, b, t * g).transpose(0, 1)
+    # own keys, causal by column, rows (i, j) per (b, kv head)
+    q_own = qg.permute(0, 2, 1, 3, 4).reshape(b, kv_heads, t * g, d)
+    visible = torch.arange(n_own, device=q.device)[None, None, :] <= query_cols[:, :, None]  # [B, t, T]
+    hidden = ~visible[:, None, :, None, :].expand(b, 1, t, g, n_own).reshape(b, 1, t * g, n_own)
+    mask = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device).masked_fill_(hidden, float("-inf"))
+    out_o, lse_o = _cpu_flash_with_lse(q_own, k.transpose(1, 2), v.transpose(1, 2), 0.0, False, attn_mask=mask)
+    lse = torch.logaddexp(lse_p.float(), lse_o.float())
+    out = out_p.float() * torch.exp(lse_p - lse)[..., None] + out_o.float() * torch.exp(lse_o - lse)[..., None]
+    return out.view(b, kv_heads, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, h, d).to(q.dtype)
+
+
+def _attend_after_prefix_math(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor,
+                              query_cols: Tensor, prefix_len: int, window: int) -> Tensor:
+    """The same attention from the two score blocks in fp32 (any device, windows), over blocks of
+    queries; the prefix scores of every row come from one matmul against the single prefix copy."""
+    b, t, h, d = q.shape
+    kv_heads, n_own = prefix_k.shape[1], k.shape[1]
     g = h // kv_heads
     scale = 1.0 / math.sqrt(d)
+    prefix_kt = prefix_k[0].transpose(1, 2)  # [kv, d, P]
+    prefix_vh = prefix_v[0]  # [kv, P, d]
     own_kt = k.permute(0, 2, 3, 1)  # [B, kv, d, T]
     own_vh = v.transpose(1, 2)  # [B, kv, T, d]
     key_pos = torch.arange(prefix_len, device=q.device)

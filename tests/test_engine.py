@@ -213,7 +213,8 @@ def test_max_new_tokens_bounds_generation(model, tokenizer):
 def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kv_heads, window):
     """The prefix read by reference gives the attention a copied prefix gives (GQA, windows that
     reach into the prefix, right-padded rows at different positions)."""
-    from qwen_eval.model.model import _attend, _attend_after_prefix
+    from qwen_eval.model.model import (_attend, _attend_after_prefix, _attend_after_prefix_cpu_flash,
+                                       _attend_after_prefix_math)
 
     gen = torch.Generator().manual_seed(0)
     b, t, h, d, prefix, own = 3, 7, 4, 16, 23, 12
@@ -228,6 +229,12 @@ def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kv_he
     copied_k = torch.cat([prefix_k.expand(b, -1, -1, -1), own_k], dim=1)
     copied_v = torch.cat([prefix_v.expand(b, -1, -1, -1), own_v], dim=1)
     expected = _attend(q, copied_k, copied_v, cols + prefix, window)
-    got = _attend_after_prefix(q, prefix_k[0].permute(1, 2, 0).contiguous(),
-                               prefix_v[0].transpose(0, 1).contiguous(), own_k, own_v, cols, prefix, window)
+    prefix_kh, prefix_vh = prefix_k.transpose(1, 2).contiguous(), prefix_v.transpose(1, 2).contiguous()
+    got = _attend_after_prefix(q, prefix_kh, prefix_vh, own_k, own_v, cols, prefix, window)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), float((got - expected).abs().max())
+    if window == 0:  # on CPU that was SDPA's flash kernel with log-sum-exp merging; check it ran
+        flash = _attend_after_prefix_cpu_flash(q, prefix_kh, prefix_vh, own_k, own_v, cols)
+        assert torch.allclose(flash, expected, atol=1e-5, rtol=1e-5)
+    # the exact fp32 formula (used with windows and off CPU) agrees too
+    math_path = _attend_after_prefix_math(q, prefix_kh, prefix_vh, own_k, own_v, cols, prefix, window)
+    assert torch.allclose(math_path, expected, atol=1e-5, rtol=1e-5)
