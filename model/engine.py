@@ -91,9 +91,14 @@ class Engine:
         if self._prefix is not None:
             key, cached_alpha, cached_options, keys, values = self._prefix
             p = len(key)
-            if (cached_alpha, cached_options) == (alpha, options) and p <= shared and tuple(rows[0][:p]) == key \
-                    and len(rows) * (shared - p) <= shared:
-                return p, keys, values
+            if (cached_alpha, cached_options) == (alpha, options):
+                if p <= shared and tuple(rows[0][:p]) == key and len(rows) * (shared - p) <= shared:
+                    return p, keys, values
+                if shared <= p and tuple(rows[0][:shared]) == key[:shared]:
+                    # the kept prefix ran into the previous batch's first question words: its
+                    # first `shared` positions are this batch's prefix (causal: they depend on
+                    # nothing after them)
+                    return shared, [k[:, :shared] for k in keys], [v[:, :shared] for v in values]
         cache = self.model.new_cache(1, shared)
         ids = torch.tensor([list(rows[0][:shared])], device=self.device)
         self.model.prefill_cache(cache, ids, torch.tensor([shared], device=self.device), options, alphas=[alpha])
