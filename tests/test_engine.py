@@ -238,3 +238,21 @@ def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kv_he
     # the exact fp32 formula (used with windows and off CPU) agrees too
     math_path = _attend_after_prefix_math(q, prefix_kh, prefix_vh, own_k, own_v, cols, prefix, window)
     assert torch.allclose(math_path, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_kept_prefix_longer_than_the_next_batch_is_reused_up_to_its_length(model, tokenizer, monkeypatch):
+    """Two questions starting with the same words make the first call's prefix run past the
+    shots; the next call shares only the shots and reuses that much of the kept prefix."""
+    first = [Choice(SHOTS + "Which planet " + q, (" A", " B")) for q in ("is red?\nAnswer:", "has rings?\nAnswer:")]
+    second = [Choice(SHOTS + q + "\nAnswer:", (" A", " B", " C", " D")) for q in QUESTIONS[:3]]
+    engine = backend_for(model, tokenizer).engine
+    engine.choice(first)
+    kept = len(engine._prefix[0])
+    computed = engine.tokens_processed
+    got = engine.choice(second)
+    assert len(engine._prefix[0]) == kept  # not recomputed: the kept one was sliced
+    shots = len(tokenizer.encode(SHOTS))
+    suffixes = sum(len(tokenizer.encode(r.context)) for r in second) - 3 * shots
+    assert engine.tokens_processed - computed <= suffixes + 3  # only the questions went through the model
+    monkeypatch.setattr(engine_module, "MIN_SHARED_PREFIX", 10 ** 9)
+    assert_same_choices(got, backend_for(model, tokenizer).engine.choice(second))
