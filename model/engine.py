@@ -2,10 +2,12 @@
 
 Where the speed comes from:
   * one forward per context when every continuation is a single token (Qwen's MC protocol):
-    only the last position goes through lm_head;
-  * the prompt prefix shared by a batch (a subject's 5 shots, GSM8K's 8 shots) is computed once;
-    its KV is copied into every row and kept for the next batch that starts the same way;
-  * right-padded batches ordered by length, sized by a token budget;
+    only the scored positions go through lm_head, in one call for the whole batch;
+  * rows that share a prompt prefix (a subject's 5 shots, GSM8K's 8 shots) are grouped; the
+    prefix is computed once, held once for the group (attention reads it by reference, see
+    model.KVCache.load_prefix) and kept for the next batch that starts the same way;
+  * right-padded batches ordered by length, sized by a token budget, split where padding would
+    dominate;
   * batched greedy/sampled decoding over a preallocated KV cache; rows leave when they stop.
 
 Answers do not depend on batch size, order or prefix reuse beyond float rounding: every row uses
@@ -106,13 +108,16 @@ class Engine:
         self._prefix = (tuple(rows[0][:shared]), alpha, options, cache.keys, cache.values)
         return shared, cache.keys, cache.values
 
-    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        """Consecutive groups of `order` (sorted longest first) within the token budget; a row
-        shorter than half the group's widest starts a new group (it would be mostly padding)."""
+    def _batches(self, order: list[int], lengths: list[int], *, split_padding: bool = True) -> list[list[int]]:
+        """Consecutive groups of `order` (sorted longest first) within the token budget. With
+        split_padding, a row shorter than half the group's widest starts a new group (it would be
+        mostly padding); generation keeps such rows together, since every extra batch costs a
+        full run of decoding steps."""
         groups, current, width = [], [], 0
         for i in order:
             w = max(width, lengths[i])
-            if current and (w * (len(current) + 1) > self.max_batch_tokens or 2 * lengths[i] < width):
+            if current and (w * (len(current) + 1) > self.max_batch_tokens
+                            or (split_padding and 2 * lengths[i] < width)):
                 groups.append(current)
                 current, w = [], lengths[i]
             current.append(i)
@@ -299,7 +304,7 @@ class Engine:
             shared = _common_prefix([tokens[k] for k in prefix_group]) if len(prefix_group) > 1 else 0
             order = sorted(prefix_group, key=lambda k: -len(tokens[k]))
             budget_len = [len(t) - shared + requests[i].max_new_tokens for t, (i, _) in zip(tokens, rows)]
-            for group in self._batches(order, budget_len):
+            for group in self._batches(order, budget_len, split_padding=False):
                 group_rows = [rows[k] for k in group]
                 outs = self._generate_group([prompts[i] for i, _ in group_rows], [requests[i] for i, _ in group_rows],
                                             [self._row_generator(requests[i], s) for i, s in group_rows])
