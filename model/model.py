@@ -322,7 +322,10 @@ def _attend_after_prefix(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tenso
     query_cols[b, i] and sees own columns j <= query_cols[b, i] (and only keys within the window
     when windowed). The prefix is read once for the whole batch: its queries are every row's.
     """
-    if _cpu_flash_with_lse is not None and q.device.type == "cpu" and not window:
+    b, t, h = q.shape[:3]
+    mask_elements = b * t * h // prefix_k.shape[1] * k.shape[1]  # the own-key mask of the flash path
+    if _cpu_flash_with_lse is not None and q.device.type == "cpu" and not window \
+            and mask_elements <= MASK_BLOCK_ELEMENTS:
         try:
             return _attend_after_prefix_cpu_flash(q, prefix_k, prefix_v, k, v, query_cols)
         except RuntimeError:  # an older kernel without attn_mask: the exact fallback below
