@@ -63,9 +63,12 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
 
 class Engine:
     def __init__(self, model: Qwen, tokenizer, *, max_length: int = 2048, max_batch_tokens: int = 16384,
-                 seed: int = 1234):
+                 seed: int = 1234, stop_token_ids: Sequence[int] | None = None):
+        """stop_token_ids: generation ends at any of these ids (the checkpoint's eos ids, for an
+        instruct model its end of turn); None: the tokenizer's <|endoftext|> only."""
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.stop_token_ids = frozenset(stop_token_ids if stop_token_ids is not None else (tokenizer.eod_id,))
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.seed = seed
@@ -333,7 +336,7 @@ class Engine:
         last = hidden[torch.arange(n, device=self.device), suffix - 1]
         logits = self.model.logits(last)
 
-        eod = self.tokenizer.eod_id
+        stop_ids = self.stop_token_ids
         stop_bytes = [[s.encode("utf-8") for s in r.stop if s] for r in requests]
         tail = [max((len(s) for s in sb), default=0) + 1 for sb in stop_bytes]
         generated: list[list[int]] = [[] for _ in range(n)]
@@ -342,7 +345,7 @@ class Engine:
             chosen = self._next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active]).tolist()
             keep = []
             for pos, (i, tok) in enumerate(zip(active, chosen)):
-                if tok == eod or requests[i].max_new_tokens <= 0:  # max_new_tokens=0: no token
+                if tok in stop_ids or requests[i].max_new_tokens <= 0:  # max_new_tokens=0: no token
                     continue
                 generated[i].append(tok)
                 recent = self.tokenizer.decode_bytes(generated[i][-tail[i]:])

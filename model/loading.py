@@ -178,6 +178,25 @@ def _qwen2_config(raw: dict[str, Any], where: Path) -> QwenConfig:
     )
 
 
+def declared_eos_ids(directory: Path) -> tuple[int, ...]:
+    """The ids a checkpoint folder says end its output: `eos_token_id` (an int or a list) of
+    config.json and of generation_config.json, in that order, without repeats."""
+    ids: list[int] = []
+    for name in ("config.json", "generation_config.json"):
+        file = directory / name
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {file} ({e}); is it the checkpoint's own?") from None
+        value = raw.get("eos_token_id") if isinstance(raw, dict) else None
+        for i in (value if isinstance(value, list) else [value]):
+            if isinstance(i, int) and not isinstance(i, bool) and i not in ids:
+                ids.append(i)
+            elif i is not None and not isinstance(i, int):
+                raise UserError(f"{file}: eos_token_id {value!r} is not an id or a list of ids")
+    return tuple(ids)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tensor names
 
@@ -234,7 +253,7 @@ def tensor_targets(cfg: QwenConfig, fmt: str) -> dict[str, Target]:
     return out
 
 
-def _view(params: dict[str, torch.Tensor], target: Target) -> torch.Tensor:
+def view_of(params: dict[str, torch.Tensor], target: Target) -> torch.Tensor:
     p = params[target.param]
     return p if target.rows is None else p[target.rows[0]:target.rows[1]]
 
@@ -314,7 +333,7 @@ def load_weights(model: Qwen, directory: Path, fmt: str) -> None:
                                     f"config.json; is config.json the checkpoint's own?")
                 if name in filled:
                     raise UserError(f"tensor {name} is in both {filled[name]} and {file}")
-                dest = _view(params, target)
+                dest = view_of(params, target)
                 if tuple(dest.shape) != shape:
                     raise UserError(f"tensor {name} in {file} has shape {_shape(shape)} but config.json implies "
                                     f"{_shape(tuple(dest.shape))}; is config.json the checkpoint's own?")
@@ -336,13 +355,20 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | str | None = None,
     target_device = resolve_device(None if device is None else str(device))
     target_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, target_device)
     cfg, fmt = read_checkpoint_config(directory)
-    with torch.device("meta"):
-        model = Qwen(cfg)
-    model = model.to(dtype=target_dtype).to_empty(device=target_device)
-    if cfg.tie_word_embeddings:  # to_empty gives each module its own new tensor: tie again
-        model.lm_head.weight = model.embed.weight
+    model = empty_model(cfg, target_dtype, target_device)
     load_weights(model, directory, fmt)
     return model.eval().requires_grad_(False)
+
+
+def empty_model(cfg: QwenConfig, dtype: torch.dtype, device: torch.device) -> Qwen:
+    """The model with uninitialised storage in `dtype` on `device` (built on the meta device, so
+    nothing is allocated twice); every parameter must then be filled."""
+    with torch.device("meta"):
+        model = Qwen(cfg)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    if cfg.tie_word_embeddings:  # to_empty gives each module its own new tensor: tie again
+        model.lm_head.weight = model.embed.weight
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +434,7 @@ def save_checkpoint(model: Qwen, directory: str | Path, *, format: str = "qwen",
     shards: list[list[str]] = [[]]
     size = 0
     for name, target in targets.items():
-        nbytes = _view(params, target).numel() * dtype.itemsize
+        nbytes = view_of(params, target).numel() * dtype.itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
@@ -420,7 +446,7 @@ def save_checkpoint(model: Qwen, directory: str | Path, *, format: str = "qwen",
     for n, names in enumerate(shards, 1):
         file = f"{stem}.{suffix}" if len(shards) == 1 else f"{stem}-{n:05d}-of-{len(shards):05d}.{suffix}"
         # copies: q/k/v are views of one parameter, and safetensors refuses tensors sharing memory
-        tensors = {name: _view(params, targets[name]).detach().to(device="cpu", dtype=dtype, copy=True).contiguous()
+        tensors = {name: view_of(params, targets[name]).detach().to(device="cpu", dtype=dtype, copy=True).contiguous()
                    for name in names}
         if weights == "safetensors":
             from safetensors.torch import save_file

@@ -283,6 +283,105 @@ def _is_byte_level(tokenizer) -> bool:
     return backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
 
 
+# ---------------------------------------------------------------------------------------------
+# GGUF files: the vocabulary and merges in their metadata
+
+# tokenizer.ggml.pre values whose split is Qwen2's (llama.cpp's names)
+GGUF_QWEN2_PRE = ("qwen2", "deepseek-r1-qwen", "megrez")
+GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+class BPETokenizer:
+    """Byte-level BPE from a GGUF file's `tokenizer.ggml.*` metadata, through `tokenizers`.
+
+    Built as transformers and llama.cpp build it from the same file, so ids agree with both:
+    Qwen2's split regex, then GPT-2's byte alphabet; no NFC normalisation (a GGUF does not ask for
+    it, unlike Qwen2's tokenizer.json); control tokens are special, user-defined ones are whole
+    but not special.
+    """
+
+    def __init__(self, tokenizer, name_or_path: str, eod_id: int, specials: dict[int, str]):
+        self._tokenizer = tokenizer
+        self.name_or_path = name_or_path
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eod_id = eod_id
+        self._added = specials  # id -> surface text of every added token
+        self._special_ids = {i for i, t in specials.items()}
+
+    @classmethod
+    def from_gguf_vocab(cls, tokens: list[str], merges: list[str], token_types: list[int], *, model: str,
+                        pre: str | None, where: str, eod_id: int | None = None) -> BPETokenizer:
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+        from tokenizers.models import BPE
+
+        if model != "gpt2":
+            raise UserError(f"{where}: tokenizer.ggml.model {model!r} is not a byte-level BPE; the bundled "
+                            f"model reads Qwen's ('gpt2')")
+        if pre not in GGUF_QWEN2_PRE:
+            raise UserError(f"{where}: tokenizer.ggml.pre {pre!r} is not Qwen's pre-tokenizer "
+                            f"({', '.join(GGUF_QWEN2_PRE)}); set model.tokenizer_path to the model's tokenizer.json")
+        alphabet = set(_BYTE_TO_UNICODE.values())
+        vocab = {}
+        for i, token in enumerate(tokens):
+            spelled = token if set(token) <= alphabet else "".join(_BYTE_TO_UNICODE[b] for b in token.encode())
+            vocab.setdefault(spelled, i)
+        bpe = BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False,
+                  byte_fallback=False)
+        tokenizer = Tokenizer(bpe)
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tokenizer.decoder = decoders.ByteLevel()
+        types = list(token_types) + [0] * (len(tokens) - len(token_types))
+        control = [t for t, k in zip(tokens, types) if k == GGUF_CONTROL and set(t) <= alphabet]
+        user = [t for t, k in zip(tokens, types) if k == GGUF_USER_DEFINED and t in vocab]
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+        added = {tokenizer.token_to_id(t): t for t in control + user}
+        if eod_id is None:
+            eod_id = tokenizer.token_to_id(ENDOFTEXT)
+        if eod_id is None:
+            raise UserError(f"{where}: the vocabulary has no {ENDOFTEXT} and no eos id")
+        out = cls(tokenizer, where, eod_id, added)
+        out._special_ids = {tokenizer.token_to_id(t) for t in control}
+        return out
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer({self.name_or_path!r})"
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: int | Iterable[int], skip_special_tokens: bool = False) -> str:
+        ids = self._checked(ids)
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: int | Iterable[int]) -> bytes:
+        pieces = []
+        for i in self._checked(ids):
+            added = self._added.get(i)
+            pieces.append(added.encode("utf-8") if added is not None
+                          else bytes(_UNICODE_TO_BYTE[c] for c in self._tokenizer.id_to_token(i)))
+        return b"".join(pieces)
+
+    def token_id(self, text: str) -> int | None:
+        return self._tokenizer.token_to_id(text)
+
+    def _checked(self, ids: int | Iterable[int]) -> list[int]:
+        ids = _id_list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise UserError(f"token id {bad} is outside the vocabulary of {self.name_or_path} "
+                            f"(0..{self.vocab_size - 1})")
+        return ids
+
+
 def load_tokenizer(checkpoint_dir: str | Path | None,
                    tokenizer_path: str | Path | None = None) -> QwenTokenizer | HFTokenizer:
     """The tokenizer for a checkpoint folder (None: the packaged Qwen vocabulary).

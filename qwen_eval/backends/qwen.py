@@ -63,9 +63,10 @@ def build_tiny(seed: int = 0, **overrides) -> Qwen:
 
 def _weights_fingerprint(path: Path) -> str:
     """Config plus each weight file's name, size and first/last MiB: cheap on 28 GB, and it
-    changes whenever the weights do."""
+    changes whenever the weights do. `path`: a checkpoint folder or a single .gguf file."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".tiktoken"))
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".tiktoken", ".gguf"))
     for p in files:
         h.update(p.name.encode())
         size = p.stat().st_size
@@ -76,6 +77,57 @@ def _weights_fingerprint(path: Path) -> str:
                 f.seek(-(1 << 20), 2)
                 h.update(f.read())
     return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A checkpoint in memory with what it says about itself."""
+
+    model: Qwen
+    tokenizer: Any
+    weights_id: str
+    stop_token_ids: tuple[int, ...]  # declared by the checkpoint (eos ids)
+    chat_template: str | None = None
+
+
+def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
+    """`model.path`: a .gguf file (or a folder holding one), or a Qwen-1 / Hugging Face checkpoint
+    folder (or a hub id already in the local cache)."""
+    from qwen_eval.model.gguf import find_gguf, from_gguf, gguf_tokenizer, open_gguf
+
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        ckpt = open_gguf(gguf_file)
+        tokenizer = (load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path")
+                     else gguf_tokenizer(ckpt))
+        model = from_gguf(ckpt, dtype, device, seq_length=cfg.get("seq_length"))
+        return Loaded(model, tokenizer, _weights_fingerprint(gguf_file), ckpt.stop_token_ids, ckpt.chat_template)
+    from qwen_eval.model.loading import declared_eos_ids, from_pretrained, resolve_checkpoint
+
+    directory = resolve_checkpoint(path)
+    model = from_pretrained(directory, dtype=dtype, device=device)
+    if cfg.get("seq_length"):
+        model.config.seq_length = int(cfg["seq_length"])
+    return Loaded(model, load_tokenizer(directory, cfg.get("tokenizer_path")), _weights_fingerprint(Path(directory)),
+                  declared_eos_ids(Path(directory)))
+
+
+def stop_token_ids(setting: Any, declared: Sequence[int], tokenizer) -> tuple[int, ...]:
+    """`model.stop_token_ids`: null = the checkpoint's declared eos ids plus <|endoftext|>;
+    a list = exactly those ids."""
+    if setting is None:
+        return tuple(dict.fromkeys([*declared, tokenizer.eod_id]))
+    if isinstance(setting, (int, str)):
+        setting = [setting]
+    try:
+        ids = tuple(int(i) for i in setting)
+    except (TypeError, ValueError):
+        raise UserError(f"model.stop_token_ids={setting!r}: give null or a list of token ids, e.g. [151645,151643]") from None
+    bad = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
+    if bad:
+        raise UserError(f"model.stop_token_ids: {bad[0]} is not a token id of this tokenizer "
+                        f"(0..{tokenizer.vocab_size - 1})")
+    return ids
 
 
 class QwenBackend:
@@ -98,32 +150,30 @@ class QwenBackend:
         path = cfg.get("path")
         if preset == "tiny" and not path:
             model = build_tiny(int(cfg.get("init_seed", 0)))
-            weights_id = f"tiny-seed{int(cfg.get('init_seed', 0))}"
-            checkpoint_dir = None
+            loaded = Loaded(model, load_tokenizer(None, cfg.get("tokenizer_path")),
+                            f"tiny-seed{int(cfg.get('init_seed', 0))}", ())
         else:
             if not path:
-                raise UserError(f"model={cfg.get('name')} needs model.path=DIR (a local checkpoint folder)")
-            from qwen_eval.model.loading import from_pretrained, resolve_checkpoint
-
-            checkpoint_dir = resolve_checkpoint(path)
-            model = from_pretrained(checkpoint_dir, dtype=dtype, device=device)
-            weights_id = _weights_fingerprint(Path(checkpoint_dir))
+                raise UserError(f"model={cfg.get('name')} needs model.path=DIR (a local checkpoint folder or .gguf file)")
+            loaded = load_checkpoint(str(path), cfg, dtype, device)
+        model, tokenizer, weights_id = loaded.model, loaded.tokenizer, loaded.weights_id
         mc = model.config
         for key in ("use_dynamic_ntk", "use_logn_attn"):
             if cfg.get(key) is not None:
                 setattr(mc, key, bool(cfg[key]))
         mc.window_attn = window_sizes(cfg.get("window_attn"), mc)
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        tokenizer = load_tokenizer(checkpoint_dir, cfg.get("tokenizer_path"))
         max_length = int(cfg.get("max_length") or mc.seq_length)
+        stops = stop_token_ids(cfg.get("stop_token_ids"), loaded.stop_token_ids, tokenizer)
         engine = Engine(model, tokenizer, max_length=max_length,
-                        max_batch_tokens=int(cfg.get("max_batch_tokens") or 16384), seed=seed)
+                        max_batch_tokens=int(cfg.get("max_batch_tokens") or 16384), seed=seed, stop_token_ids=stops)
         numerics = {"config": dataclasses.asdict(mc), "dtype": str(dtype), "max_length": max_length,
-                    "weights": weights_id, "engine": ENGINE_VERSION, "seed": seed}
+                    "weights": weights_id, "engine": ENGINE_VERSION, "seed": seed, "stop_token_ids": list(stops)}
         fingerprint = hashlib.sha256(json.dumps(numerics, sort_keys=True, default=str).encode()).hexdigest()[:16]
         backend = cls(engine, name=str(cfg.get("name") or "qwen"), path=path, fingerprint=fingerprint)
         backend.dtype = str(dtype).removeprefix("torch.")
         backend.device = str(device)
+        backend.chat_template = loaded.chat_template
         return backend
 
     def describe(self) -> dict[str, Any]:
@@ -132,7 +182,8 @@ class QwenBackend:
                 "device": self.device, "fingerprint": self.fingerprint,
                 "parameters": sum(p.numel() for p in self.engine.model.parameters()),
                 "seq_length": cfg.seq_length, "use_dynamic_ntk": cfg.use_dynamic_ntk,
-                "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None}
+                "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None,
+                "stop_token_ids": sorted(self.engine.stop_token_ids)}
 
     def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]:
         return self.engine.choice(requests)
