@@ -93,8 +93,11 @@ def open_gguf(path: str | Path) -> GGUFCheckpoint:
         reader = GGUFReader(str(path), "r")
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; check model.path") from None
-    except Exception as e:  # bad magic, short header, malformed metadata
+    except Exception as e:  # bad magic, short header, malformed metadata, tensors past the end
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "reshape" in first:  # the reader maps each tensor where the header puts it
+            raise UserError(f"{path} is truncated: {path.stat().st_size:,} bytes is shorter than its header's "
+                            f"tensors need; download it again") from None
         raise UserError(f"{path} is not a readable GGUF file ({first}); is the download complete?") from None
     _check_complete(reader, path)
     metadata = {k: _scalar(f) for k, f in reader.fields.items() if k not in _BIG_ARRAYS}
