@@ -4,7 +4,8 @@
     build_long_context_table  arxiv_ppl results -> the long-context layout (model + variant x length)
     format_table              numbers -> cells as shown (`66.3`, `66.3 ± 0.4`, `66.3*`, `-`)
     write_table               Markdown, CSV, LaTeX, HTML (and PNG) files
-    plot_table                PNG: grouped bars (benchmarks) or lines (perplexity by length)
+    plot_table                PNG: grouped bars (benchmarks) or lines (perplexity by length); measured
+                              rows in colours of their own (`row_colours`)
 
 The tables are numeric DataFrames (percent for accuracy-like metrics, perplexity as is; NaN where
 nothing was measured or reported). What a cell needs beyond its number travels in `df.attrs`:
@@ -17,9 +18,12 @@ Rules (docs/tables-and-regression.md explains them for users):
   number measured differently.
 - Conflicts: two runs of the same model that fill the same cell but differ in anything of
   PROVENANCE_FIELDS (task, version, shots, protocol, prompts, data, sample count, task options,
-  backend, dtype, checkpoint, context options). The newest run (by `created`; the later one given on a tie) is
-  shown, its cell is marked `*`, and the conflict is reported. Identical duplicates: the newest
-  wins silently.
+  backend, dtype, checkpoint, context options). A full run is shown over a partial one (a run
+  with `limit` set), then the newest (by `created`; the later one given on a tie); `prefer="newest"`
+  drops the first rule. The cell is marked `*` and the conflict is reported. Identical
+  duplicates: the newest wins silently.
+- Partial runs: a cell filled by a run with `limit` set shows how many documents it scored and
+  the mark `†` (`20.0 (n=5)†`), so a quick check never passes for the benchmark's number.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from qwen_eval.run_files import PPL_METRIC, Run, created, headline, is_fraction_
 FORMATS = ("md", "csv", "tex", "html", "png")
 MISSING = "-"
 CONFLICT_MARK = "*"
+PARTIAL_MARK = "†"
+PREFER = ("full", "newest")  # which of conflicting runs fills a cell
 # What makes two runs of one model different measurements rather than repeats.
 PROVENANCE_FIELDS = ("task", "task_version", "shots", "protocol", "prompt_fingerprint", "data.fingerprint",
                      "n_samples", "task_config.options", "config.task", "model.backend", "model.dtype",
@@ -60,6 +66,16 @@ class _Measured:
     run: Run
     order: int  # position in the input: breaks ties between runs created at the same time
 
+    @property
+    def limit(self) -> int | None:
+        """`limit` of the run's config: set = a partial run (None for a full one)."""
+        return run_limit(self.run.results)
+
+
+def run_limit(results: Mapping[str, Any]) -> int | None:
+    limit = (results.get("config") or {}).get("limit")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Building
@@ -67,7 +83,7 @@ class _Measured:
 
 def build_table(results: Results, *, references: Sequence[ReferenceTable] | None = None,
                 reference_models: Sequence[str] | None = None, reference_row: str | None = None,
-                stderr: bool = False, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+                stderr: bool = False, labels: Mapping[str, str] | None = None, prefer: str = "full") -> pd.DataFrame:
     """The model card's table: reference rows, then each measured model (and its diff row).
 
     results: results.json dicts (or `Run`s); long-context runs (`<variant>/ppl@<L>` metrics) are
@@ -77,6 +93,7 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     reference_row: add, under each measured row, a row `<measured> - <reference_row>` (points).
     stderr: show `value ± stderr` in measured cells.
     labels: model name -> the label its rows get (several names may share one label).
+    prefer: "full" (a full run fills a cell before any partial one, then the newest) or "newest".
     """
     runs = [run for run in _as_runs(results) if not is_long_context(run.results)]
     refs = [ref for ref in (references if references is not None else [load_model_card()])
@@ -104,7 +121,7 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     columns = _order_benchmark_columns(keys, card_shots)
     headers = {key: _benchmark_header(*key) for key in columns}
     diff_of = {row: (reference_row, f"{row} - {reference_row}") for row in measured} if reference_row else {}
-    table = _assemble(reported, measured, diff_of, [headers[k] for k in columns], headers)
+    table = _assemble(reported, measured, diff_of, [headers[k] for k in columns], headers, prefer)
     table.attrs.update(kind="benchmarks", decimals=1, show_stderr=stderr, reference_row=reference_row,
                        references=[ref.provenance() for ref in refs], units="percent")
     return table
@@ -112,7 +129,8 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
 
 def build_long_context_table(results: Results, *, references: Sequence[ReferenceTable] | None = None,
                              reference_models: Sequence[str] | None = None, reference_row: str | None = None,
-                             stderr: bool = False, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+                             stderr: bool = False, labels: Mapping[str, str] | None = None,
+                             prefer: str = "full") -> pd.DataFrame:
     """The long-context table: rows = model + variant, columns = context length, values = PPL.
 
     reference_row names a reference model (e.g. "Qwen-14B"); each measured variant is compared
@@ -160,7 +178,7 @@ def build_long_context_table(results: Results, *, references: Sequence[Reference
 
     lengths = sorted({k for row in reported.values() for k in row} | {k for row in measured.values() for k in row})
     headers = {length: str(length) for length in lengths}
-    table = _assemble(reported, measured, diff_of, [headers[k] for k in lengths], headers)
+    table = _assemble(reported, measured, diff_of, [headers[k] for k in lengths], headers, prefer)
     table.attrs.update(kind="long_context", decimals=2, show_stderr=stderr, reference_row=reference_row,
                        references=[ref.provenance() for ref in refs], units="perplexity")
     return table
@@ -233,12 +251,16 @@ def _benchmark_header(column: str, shots: int | None) -> str:
 
 
 def _assemble(reported: Mapping[str, Mapping[Any, float]], measured: Mapping[str, Mapping[Any, list[_Measured]]],
-              diff_of: Mapping[str, tuple[str, str]], columns: list[str], headers: Mapping[Any, str]) -> pd.DataFrame:
+              diff_of: Mapping[str, tuple[str, str]], columns: list[str], headers: Mapping[Any, str],
+              prefer: str = "full") -> pd.DataFrame:
     """Lay out rows (reference, then each measured row followed by its diff row) and resolve conflicts."""
+    if prefer not in PREFER:
+        raise UserError(f"prefer={prefer!r}: choose one of {', '.join(PREFER)}")
     values: dict[str, dict[str, float]] = {}
     stderrs: dict[str, dict[str, float]] = {}
     kinds: dict[str, str] = {}
     flags: dict[str, list[str]] = {}
+    partial: dict[str, dict[str, int | None]] = {}  # row -> column -> documents scored, for partial runs
     conflicts: list[dict[str, Any]] = []
     for label, row in reported.items():
         values[label] = {headers[k]: v for k, v in row.items()}
@@ -247,8 +269,10 @@ def _assemble(reported: Mapping[str, Mapping[Any, float]], measured: Mapping[str
         values[label], stderrs[label], kinds[label] = {}, {}, "measured"
         for key, candidates in row.items():
             column = headers[key]
-            shown, conflict = pick_run(candidates, label, column)
+            shown, conflict = pick_run(candidates, label, column, prefer)
             values[label][column] = shown.value
+            if shown.limit is not None:
+                partial.setdefault(label, {})[column] = shown.run.results.get("n_samples")
             if shown.stderr is not None:
                 stderrs[label][column] = shown.stderr
             if conflict:
@@ -260,15 +284,24 @@ def _assemble(reported: Mapping[str, Mapping[Any, float]], measured: Mapping[str
             values[diff_label] = {c: values[label][c] - values[target][c] for c in common}
             stderrs[diff_label] = {c: stderrs[label][c] for c in common if c in stderrs[label]}
             kinds[diff_label] = "diff"
+            if label in partial:
+                partial[diff_label] = {c: n for c, n in partial[label].items() if c in common}
     table = pd.DataFrame([[values[r].get(c, math.nan) for c in columns] for r in values],
                          index=pd.Index(list(values), name="model"), columns=columns, dtype=float)
-    table.attrs.update(row_kinds=kinds, stderr=stderrs, flags=flags, conflicts=conflicts)
+    table.attrs.update(row_kinds=kinds, stderr=stderrs, flags=flags, conflicts=conflicts, partial=partial,
+                       prefer=prefer)
     return table
 
 
-def pick_run(candidates: Sequence[_Measured], row: str, column: str) -> tuple[_Measured, dict[str, Any] | None]:
-    """The newest run fills the cell; runs that measured it differently make a conflict report."""
-    ordered = sorted(candidates, key=lambda c: (created(c.run.results), c.order))
+def pick_run(candidates: Sequence[_Measured], row: str, column: str,
+             prefer: str = "full") -> tuple[_Measured, dict[str, Any] | None]:
+    """The run that fills the cell (the last of `ordered`): a full run before a partial one unless
+    prefer="newest", then the newest; runs that measured it differently make a conflict report."""
+    def rank(c: _Measured) -> tuple:
+        newest = (created(c.run.results), c.order)
+        return newest if prefer == "newest" else (c.limit is None, *newest)
+
+    ordered = sorted(candidates, key=rank)
     shown = ordered[-1]
     provenances = [provenance(c.run.results) for c in ordered]
     differs = [name for name in PROVENANCE_FIELDS
@@ -277,8 +310,9 @@ def pick_run(candidates: Sequence[_Measured], row: str, column: str) -> tuple[_M
         return shown, None
     return shown, {
         "row": row, "column": column, "differs": differs, "shown": shown.run.describe(),
+        "rule": "the newest" if prefer == "newest" else "the newest full run, else the newest",
         "runs": [{"source": c.run.describe(), "created": c.run.results.get("created"), "value": round(c.value, 4),
-                  **{name: p[name] for name in differs}} for c, p in zip(ordered, provenances)],
+                  "limit": c.limit, **{name: p[name] for name in differs}} for c, p in zip(ordered, provenances)],
     }
 
 
@@ -304,25 +338,32 @@ def _variant_rank(variant: str) -> tuple[int, str]:
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The cells as text: fixed decimals, `± stderr` when asked, `+`/`-` signs on diffs, `*` on conflicts."""
+    """The cells as text: fixed decimals, `± stderr` when asked, `+`/`-` signs on diffs, `(n=5)†`
+    on partial runs, `*` on conflicts."""
     decimals = table.attrs.get("decimals", 1)
     kinds = table.attrs.get("row_kinds", {})
     stderrs = table.attrs.get("stderr", {}) if table.attrs.get("show_stderr") else {}
     flags = table.attrs.get("flags", {})
+    partial = table.attrs.get("partial", {})
     rows = []
     for label, values in table.iterrows():
         signed = kinds.get(label) == "diff"
+        marks = partial.get(label, {})
         rows.append([_cell(value, stderrs.get(label, {}).get(column), decimals, signed,
-                           column in flags.get(label, ())) for column, value in values.items()])
+                           column in flags.get(label, ()), column in marks, marks.get(column))
+                     for column, value in values.items()])
     return pd.DataFrame(rows, index=table.index, columns=table.columns, dtype=object)
 
 
-def _cell(value: float, stderr: float | None, decimals: int, signed: bool, flagged: bool) -> str:
+def _cell(value: float, stderr: float | None, decimals: int, signed: bool, flagged: bool,
+          partial: bool = False, n: int | None = None) -> str:
     if value is None or math.isnan(value):
         return MISSING
     text = f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
     if stderr is not None:
         text += f" ± {stderr:.{decimals}f}"
+    if partial:
+        text += (f" (n={n})" if n is not None else "") + PARTIAL_MARK
     return text + (CONFLICT_MARK if flagged else "")
 
 
@@ -337,9 +378,14 @@ def footnotes(table: pd.DataFrame, conflicts_file: str | None = None) -> list[st
         unit = "perplexity" if table.attrs.get("kind") == "long_context" else "percentage points"
         same = " (the same variant of B)" if table.attrs.get("kind") == "long_context" else ""
         notes.append(f"Rows `A - B`: measured minus reference{same}, in {unit}.")
+    if table.attrs.get("partial"):
+        notes.append(f"{PARTIAL_MARK} a partial run (`limit` set): n is the number of documents it scored; "
+                     f"not the benchmark's number.")
     if table.attrs.get("conflicts"):
         where = f" (details: {conflicts_file})" if conflicts_file else ""
-        notes.append(f"{CONFLICT_MARK} conflicting runs fill this cell; the newest is shown{where}.")
+        shown = ("the newest is shown" if table.attrs.get("prefer") == "newest"
+                 else "the newest full run is shown, a partial one only where no full run exists")
+        notes.append(f"{CONFLICT_MARK} conflicting runs fill this cell; {shown}{where}.")
     for ref in table.attrs.get("references", []):
         retrieved = f", transcribed {ref['retrieved']}" if ref.get("retrieved") else ""
         notes.append(f"Reference: {ref['source']}{retrieved}.")
@@ -356,7 +402,7 @@ def to_latex(table: pd.DataFrame) -> str:
     cells = format_table(table).reset_index()  # `model` heads the first column, not a row of its own
     styler = cells.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     latex = styler.to_latex(hrules=True, column_format="l" + "r" * (len(cells.columns) - 1))
-    return latex.replace("±", r"$\pm$")
+    return latex.replace("±", r"$\pm$").replace(PARTIAL_MARK, r"$^\dagger$")
 
 
 def to_html(table: pd.DataFrame, conflicts_file: str | None = None) -> str:
@@ -400,30 +446,74 @@ def write_table(table: pd.DataFrame, stem: str | Path, formats: Sequence[str] = 
     return written
 
 
+# Reference rows in light colours (and hatched bars), measured rows in saturated ones: the two
+# sets share no colour, so a measured bar is never read as a model card row.
+REFERENCE_PALETTES = ("Pastel1", "Pastel2", "Set3")
+MEASURED_PALETTES = ("tab10", "Dark2")
+
+
+def row_colours(rows: Sequence[str], kinds: Mapping[str, str]) -> dict[str, tuple[float, ...]]:
+    """A colour per row: measured rows from MEASURED_PALETTES, the others from REFERENCE_PALETTES
+    (each set is cycled only when its rows outnumber it)."""
+    from matplotlib import colormaps
+
+    def palette(names: Sequence[str]) -> list[tuple[float, ...]]:
+        colours: list[tuple[float, ...]] = []
+        for name in names:
+            colours += [tuple(c) for c in colormaps[name].colors if tuple(c) not in colours]
+        return colours
+
+    measured_colours = palette(MEASURED_PALETTES)
+    reference_colours = [c for c in palette(REFERENCE_PALETTES) if c not in measured_colours]
+    out: dict[str, tuple[float, ...]] = {}
+    counts = {"measured": 0, "reference": 0}
+    for row in rows:
+        group = "measured" if kinds.get(row) == "measured" else "reference"
+        colours = measured_colours if group == "measured" else reference_colours
+        out[row] = colours[counts[group] % len(colours)]
+        counts[group] += 1
+    return out
+
+
 def plot_table(table: pd.DataFrame, path: str | Path, rows: Sequence[str] | None = None) -> Path:
-    """PNG of measured vs reported: grouped bars per benchmark, or perplexity-by-length lines.
+    """PNG of measured vs reported (see `figure`)."""
+    fig = figure(table, rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def figure(table: pd.DataFrame, rows: Sequence[str] | None = None):
+    """A matplotlib Figure: grouped bars per benchmark, or perplexity-by-length lines.
 
     rows: which rows to draw; default = the measured rows plus the `reference_row` when one was
-    chosen, else plus every reference row in the table. Diff rows are never drawn.
+    chosen, else plus every reference row in the table. Diff rows are never drawn. Every row
+    drawn has a legend entry, measured rows first.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: matplotlib is slow to load
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     kinds = table.attrs.get("row_kinds", {})
     rows = list(rows) if rows is not None else _default_plot_rows(table)
+    colours = row_colours(rows, kinds)
     stderrs = table.attrs.get("stderr", {})
     long_context = table.attrs.get("kind") == "long_context"
     fig = Figure(figsize=(max(6.0, 1.1 * len(table.columns) + 0.25 * len(rows)), 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    handles = {}
     if long_context:
         lengths = [int(c) for c in table.columns]
         for row in rows:
             values = table.loc[row]
             points = [(x, v) for x, v in zip(lengths, values) if not math.isnan(v)]
+            style = "-o" if kinds.get(row) == "measured" else "--s"
             if points:
-                style = "-o" if kinds.get(row) == "measured" else "--s"
-                ax.plot(*zip(*points), style, label=row)
+                ax.plot(*zip(*points), style, label=row, color=colours[row])
+            handles[row] = Line2D([], [], linestyle=style[:-1], marker=style[-1], color=colours[row], label=row)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length (tokens)")
@@ -439,16 +529,16 @@ def plot_table(table: pd.DataFrame, path: str | Path, rows: Sequence[str] | None
                     heights.append(value)
                     errors.append(stderrs.get(row, {}).get(column, 0.0))
             measured = kinds.get(row) == "measured"
+            hatch = None if measured else "//"
             ax.bar(xs, heights, width, yerr=errors if measured and any(errors) else None, label=row,
-                   hatch=None if measured else "//", edgecolor="black", linewidth=0.4, capsize=2)
+                   color=colours[row], hatch=hatch, edgecolor="black", linewidth=0.4, capsize=2)
+            handles[row] = Patch(facecolor=colours[row], hatch=hatch, edgecolor="black", linewidth=0.4, label=row)
         ax.set_xticks(range(len(table.columns)), list(table.columns), rotation=30, ha="right")
         ax.set_ylabel("score (%)")
-    ax.legend(fontsize="small", ncols=2 if len(rows) > 6 else 1)
+    order = [r for r in rows if kinds.get(r) == "measured"] + [r for r in rows if kinds.get(r) != "measured"]
+    ax.legend(handles=[handles[r] for r in order], fontsize="small", ncols=2 if len(rows) > 6 else 1)
     ax.grid(axis="y", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    return path
+    return fig
 
 
 def _default_plot_rows(table: pd.DataFrame) -> list[str]:
@@ -489,6 +579,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-model-card", action="store_true", help="leave out the model card's reference rows")
     parser.add_argument("--label", action="append", default=[], metavar="NAME=LABEL",
                         help="show model NAME as LABEL (repeatable)")
+    parser.add_argument("--prefer", choices=PREFER, default="full",
+                        help="which of conflicting runs fills a cell: full (default: a full run over a partial "
+                             "`limit` run, then the newest) or newest")
     return parser
 
 
@@ -515,12 +608,12 @@ def _run(args: argparse.Namespace) -> int:
 
     runs = load_runs(args.paths)
     tables = build_tables(runs, references=references, reference_models=reference_models,
-                          reference_row=args.reference_row, stderr=args.stderr, labels=labels)
+                          reference_row=args.reference_row, stderr=args.stderr, labels=labels, prefer=args.prefer)
     for kind, table in tables.items():
         for conflict in table.attrs["conflicts"]:
             sources = "; ".join(f"{r['source']} ({r['created']})" for r in conflict["runs"])
             print(f"qwen-eval-table: conflict: {conflict['row']} / {conflict['column']}: runs differ in "
-                  f"{', '.join(conflict['differs'])}; showing the newest, {conflict['shown']} [{sources}]",
+                  f"{', '.join(conflict['differs'])}; showing {conflict['rule']}, {conflict['shown']} [{sources}]",
                   file=sys.stderr)
         stem = None
         if args.out:

@@ -23,7 +23,7 @@ from qwen_eval.errors import UserError
 from qwen_eval.reference import load_reference
 from qwen_eval.run_files import load_runs
 from qwen_eval.tables import (build_long_context_table, build_table, build_tables, format_table, main,
-                              to_markdown, write_table)
+                              to_latex, to_markdown, write_table)
 
 MMLU, CEVAL, GSM8K = "MMLU (5-shot)", "C-Eval (5-shot)", "GSM8K (8-shot)"
 
@@ -158,7 +158,8 @@ def test_every_format_shows_the_same_cells(runs_dir, tmp_path):
         assert html[row][column] == cell, ("html", row, column)
     assert len(md) == len(csv) == len(tex) == len(html) == 15
     notes = (out / "board.md").read_text(encoding="utf-8")
-    assert "the newest is shown (details: board.conflicts.json)" in notes and "transcribed 2026-11-28" in notes
+    assert "the newest full run is shown, a partial one only where no full run exists (details: board.conflicts.json)" \
+        in notes and "transcribed 2026-11-28" in notes
     assert json.loads((out / "board.conflicts.json").read_text(encoding="utf-8"))[0]["differs"] == ["protocol"]
     png = (out / "board.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -267,3 +268,70 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "empty: no results.json found there" in capsys.readouterr().err
+
+
+def limited(payload: dict, limit: int, n_samples: int) -> dict:
+    """The same results as a `limit=N` run that scored n_samples documents."""
+    payload = json.loads(json.dumps(payload))
+    payload["config"]["limit"] = limit
+    payload["n_samples"] = n_samples
+    payload["data"]["fingerprint"] = f"limit-{limit}"
+    return payload
+
+
+def test_a_full_run_wins_over_a_newer_partial_one_and_a_partial_cell_says_so(tmp_path):
+    full = results("mmlu", "tiny", 0.2667, stderr=0.082, column="MMLU")
+    full["n_samples"] = 30
+    quick = limited(results("mmlu", "tiny", 0.4, stderr=0.2, column="MMLU", created="2026-11-29T10:00:00+00:00"), 1, 5)
+    write_run(tmp_path, "full", full)
+    write_run(tmp_path, "quick", quick)
+
+    table = build_table(load_runs([tmp_path]), references=[])
+    assert table.loc["tiny (measured)", MMLU] == pytest.approx(26.67)  # the full run, though older
+    assert format_table(table).loc["tiny (measured)", MMLU] == "26.7*"  # conflicting runs: marked, not partial
+    [conflict] = table.attrs["conflicts"]
+    assert conflict["shown"].endswith("full/results.json") and [r["limit"] for r in conflict["runs"]] == [1, None]
+
+    newest = build_table(load_runs([tmp_path]), references=[], prefer="newest")
+    assert format_table(newest).loc["tiny (measured)", MMLU] == "40.0 (n=5)†*"
+
+    only = build_table([quick], references=[], reference_row=None, stderr=True)
+    cell = format_table(only).loc["tiny (measured)", MMLU]
+    assert cell == "40.0 ± 20.0 (n=5)†"
+    text = to_markdown(only)
+    assert "40.0 ± 20.0 (n=5)†" in text and "† a partial run (`limit` set)" in text
+    assert r"(n=5)$^\dagger$" in to_latex(only)
+
+    # the command line: the same rule, and --prefer newest
+    out = subprocess.run([*_script("qwen-eval-table", "qwen_eval.tables"), str(tmp_path), "--no-model-card"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert _md_rows(out.stdout)["tiny (measured)"][MMLU] == "26.7*"
+    assert "showing the newest full run, else the newest" in out.stderr
+    newest_cli = subprocess.run([*_script("qwen-eval-table", "qwen_eval.tables"), str(tmp_path), "--no-model-card",
+                                 "--prefer", "newest"], capture_output=True, text=True, timeout=300)
+    assert _md_rows(newest_cli.stdout)["tiny (measured)"][MMLU] == "40.0 (n=5)†*"
+
+
+def test_measured_bars_have_colours_of_their_own_and_a_legend_entry(runs_dir):
+    from matplotlib.container import BarContainer
+
+    from qwen_eval.tables import figure
+
+    table = build_table(load_runs([runs_dir]))
+    kinds = table.attrs["row_kinds"]
+    ax = figure(table).axes[0]
+    colours = {}
+    for container in ax.containers:
+        if isinstance(container, BarContainer) and len(container.patches):
+            colours[container.get_label()] = {tuple(p.get_facecolor()) for p in container.patches}
+    measured = [r for r in colours if kinds[r] == "measured"]
+    reference = [r for r in colours if kinds[r] == "reference"]
+    assert len(measured) == 2 and len(reference) == 11
+    assert all(len(c) == 1 for c in colours.values())  # one colour per row
+    measured_colours = [next(iter(colours[r])) for r in measured]
+    reference_colours = {next(iter(colours[r])) for r in reference}
+    assert len(set(measured_colours)) == len(measured)  # distinct from each other
+    assert not set(measured_colours) & reference_colours  # and from every reference row
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == measured and set(reference) <= set(legend)
