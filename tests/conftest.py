@@ -5,14 +5,20 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The real benchmark data in upstream layouts: $QWEN_EVAL_SHARED_DATA, else shared/data beside
-# the checkout, else the workplace's copy (a clone made elsewhere still finds it).
-SHARED_DATA_CANDIDATES = [Path(p) for p in (os.environ.get("QWEN_EVAL_SHARED_DATA"),) if p] + [
-    REPO.parent / "shared" / "data", Path("/work/shared/data")]
+
+
+def shared_data_candidates(environ: Mapping[str, str], repo: Path) -> list[Path]:
+    """Where the real benchmark data (upstream layouts) may be, as the README says:
+    $QWEN_EVAL_SHARED_DATA, else shared/data beside the checkout. Nowhere else."""
+    return [Path(p) for p in (environ.get("QWEN_EVAL_SHARED_DATA"),) if p] + [repo.parent / "shared" / "data"]
+
+
+SHARED_DATA_CANDIDATES = shared_data_candidates(os.environ, REPO)
 SHARED_DATA = next((p for p in SHARED_DATA_CANDIDATES if (p / "mmlu").is_dir()), SHARED_DATA_CANDIDATES[0])
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
