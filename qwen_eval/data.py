@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
+import os
+import socket
+import threading
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,21 +56,87 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+PROBE_SECONDS = 1.5  # a hub that answers at all answers a TCP connect well within this
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _probe(host: str, port: int, timeout: float) -> bool:
+    """One TCP connection, given up after `timeout` seconds (name resolution included)."""
+    answered: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo itself has no timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(answered and answered[0])
+
+
+@functools.lru_cache(maxsize=1)
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub is out of reach (None when it answers), decided once per process.
+
+    The offline variables (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE) are
+    honoured as they are; otherwise one quiet connection to the hub endpoint (HF_ENDPOINT, or the
+    https proxy when one is set) decides. Without it, `datasets` spends about 27 s retrying and
+    prints every attempt before it gives up.
+    """
+    for name in OFFLINE_VARIABLES:
+        if _is_true(os.environ.get(name)):
+            return f"{name}={os.environ[name]}"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    target = urllib.parse.urlsplit(proxy or endpoint)
+    if not target.hostname:
+        return None  # an address we cannot parse: let `datasets` try
+    try:
+        port = target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if _probe(target.hostname, port, PROBE_SECONDS):
+        return None
+    return f"no connection to {proxy or endpoint} within {PROBE_SECONDS:g}s"
+
+
+def _datasets_offline() -> None:
+    """Put `datasets` (and huggingface_hub) in offline mode: cached datasets still load, at once."""
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets.config
+    import huggingface_hub.constants
+
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    datasets.utils.logging.set_verbosity_error()  # no "using the cached version" warnings
+
+
 def load_hub_dataset(task_name: str, dataset_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
     """Rows of a Hugging Face dataset split through `datasets` (which caches it).
 
-    Offline and not cached is a UserError that says how to use a local copy instead.
+    Offline and not cached is a UserError, at once, that says how to use a local copy instead.
     """
     try:
         import datasets
     except ImportError:  # pragma: no cover - a declared dependency
         raise UserError("data.source=hub needs the `datasets` package: pip install datasets") from None
+    offline = hub_offline_reason()
+    if offline:
+        _datasets_offline()
+    name = f"{dataset_id}{'/' + config if config else ''} split {split}"
     try:
         ds = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as e:  # datasets raises many types for "offline", "not found", "no cache"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = (f"not in the local datasets cache, and the hub is out of reach: {offline}" if offline
+               else first)
         raise UserError(
-            f"task {task_name}: could not load hub dataset {dataset_id}"
-            f"{'/' + config if config else ''} split {split} ({first}); without network use "
+            f"task {task_name}: could not load hub dataset {name} ({why}); without network use "
             f"data.path=DIR with a local copy in the upstream layout, or data.source=sample") from None
     return [dict(row) for row in ds]
