@@ -68,8 +68,9 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
     my_batches = batches[distributed.rank()::distributed.world_size()]
 
     tokens_before = backend.tokens_processed
+    to_compute = sum(len(b) for _, b in batches)  # a bar only for real work: none when all is cached
     bar = tqdm(total=sum(len(b) for _, b in my_batches), desc=f"{backend.name}", unit="req",
-               disable=not progress or not distributed.is_main(), dynamic_ncols=True)
+               disable=not progress or not distributed.is_main() or to_compute == 0, dynamic_ncols=True)
     computed: dict[str, Response] = {}
     for kind, batch_keys in my_batches:
         results = _call(backend, kind, [unique[k] for k in batch_keys])
