@@ -1,13 +1,19 @@
-"""The answer cache: SQLite in WAL mode, keyed by (model fingerprint, request hash).
+"""The answer cache: SQLite, keyed by (model fingerprint, request hash).
 
 Finished answers are committed chunk by chunk as a run goes, so a run killed at any moment
 (SIGKILL included) resumes where it stopped. The key depends only on the model and the request,
 never on batch size, order or world size, so any later run — another task, another rank count —
 reuses every answer it can.
+
+On a local disk the database runs in WAL mode. WAL needs memory shared by every process that
+opens the file, which processes on different machines do not have, so on network storage (NFS,
+Lustre, GPFS, CIFS, ...: a sweep's Slurm jobs sharing one cache_dir) it uses the rollback journal
+with POSIX locks instead, which those filesystems serialise across machines.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -28,6 +34,34 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 _QUERY_CHUNK = 500  # SQLite's bound-parameter limit is well above this
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+                       "fuse.glusterfs", "fuse.sshfs", "fuse.cephfs", "9p", "afs", "pvfs2", "orangefs", "wekafs")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem holding `path` (the longest mount point above it in /proc/mounts)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8")
+        except OSError:  # not Linux
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def journal_mode(path: Path, mounts: str | None = None) -> str:
+    """WAL on a local disk; the rollback journal (DELETE) on network storage."""
+    kind = filesystem_type(path, mounts)
+    return "DELETE" if kind is not None and kind.lower() in NETWORK_FILESYSTEMS else "WAL"
 
 
 class AnswerCache:
@@ -37,8 +71,9 @@ class AnswerCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode; each put_many is one explicit transaction
             self._db = sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self.journal_mode = journal_mode(self.path.parent)
+            self._db.execute(f"PRAGMA journal_mode={self.journal_mode}")
+            self._db.execute("PRAGMA synchronous=NORMAL" if self.journal_mode == "WAL" else "PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise UserError(f"cannot open the answer cache {self.path} ({e}); set cache_dir=DIR "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,29 @@ def test_cache_handles_more_keys_than_one_query(tmp_path):
     cache.put_many("m", [(f"k{i}", "rolling", RollingResult(float(i), i, i)) for i in range(1200)])
     got = cache.get_many("m", [f"k{i}" for i in range(1200)])
     assert len(got) == 1200 and got["k1199"] == RollingResult(1199.0, 1199, 1199)
+
+
+MOUNTS = """\
+/dev/vda / ext4 rw,relatime 0 0
+server:/export/home /home nfs4 rw,relatime,vers=4.2 0 0
+/dev/nvme0n1 /home/me/scratch xfs rw 0 0
+lustre@tcp:/fs /lustre lustre rw,flock 0 0
+/dev/sdb /mnt/my\\040disk ext4 rw 0 0
+"""
+
+
+def test_the_cache_uses_wal_locally_and_the_rollback_journal_on_shared_storage(tmp_path):
+    from qwen_eval.cache import filesystem_type, journal_mode
+
+    assert journal_mode(Path("/home/me/.cache/qwen-eval"), MOUNTS) == "DELETE"  # NFS: jobs on other nodes
+    assert journal_mode(Path("/lustre/project/cache"), MOUNTS) == "DELETE"
+    assert journal_mode(Path("/home/me/scratch/cache"), MOUNTS) == "WAL"  # a local disk mounted inside NFS
+    assert journal_mode(Path("/tmp/cache"), MOUNTS) == "WAL"
+    assert filesystem_type(Path("/mnt/my disk/cache"), MOUNTS) == "ext4"
+    assert filesystem_type(Path("/homework"), MOUNTS) == "ext4"  # /home is not a prefix of /homework
+
+    cache = AnswerCache(tmp_path / "answers.sqlite")  # here: whatever this machine's tmp is, it works
+    assert cache.journal_mode in ("WAL", "DELETE")
+    mode = cache._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode.upper() == cache.journal_mode
+    cache.close()
