@@ -2,10 +2,15 @@
 
     qwen-eval task=mmlu shots=5 model=qwen-14b model.path=/ckpt/Qwen-14B
     qwen-eval -m task=mmlu,ceval shots=0,5                 # multirun (sequential sweep)
+    qwen-eval -m hydra/launcher=submitit_slurm model=a,b task=mmlu,gsm8k   # one Slurm job per run
     qwen-eval suite=model_card model=tiny data.source=sample
 
-Bad input (unknown task or model, bad override, missing data, malformed rows, unreadable
-checkpoint) prints one line on stderr and exits 2; `debug=true` shows the traceback instead.
+Bad input (unknown task or model, bad override, a bad option value, missing data, malformed
+rows, unreadable checkpoint) prints one line on stderr and exits 2; `debug=true` shows the
+traceback instead. Every option is checked (qwen_eval.options) before any data or model is
+loaded. In a multirun a failing job is recorded in its folder and the others still run; the
+sweep ends with a summary (qwen_eval.sweep). `--help` and `--version` are qwen-eval's own;
+`--hydra-help` is Hydra's.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from qwen_eval import distributed, registry
+from qwen_eval import distributed, options, registry
 from qwen_eval.errors import UserError
 
 CONFIG_MODULE = "qwen_eval.conf"
 PROG = "qwen-eval"
 EXIT_USAGE = 2
+HELP_FLAGS = ("--help", "-h")
+VERSION_FLAGS = ("--version", "-V")
+GROUPS = ("task", "model", "suite")
 _HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
                      "-sc", "--version", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 
@@ -95,12 +103,43 @@ def _hydra_error_line(e: BaseException) -> str:
         group, _, name = wanted.rpartition("/")
         raw = text.split("Available options", 1)[1].splitlines()[1:]
         options = [ln.strip() for ln in itertools.takewhile(lambda ln: ln.startswith(("\t", " ")) and ln.strip(), raw)]
-        return f"unknown {group} {name!r}; valid {group}s: {', '.join(options)}"
+        hint = ""
+        if group == "hydra/launcher" and name.startswith("submitit"):
+            hint = " (the submitit launchers come with pip install -e '.[slurm]', i.e. hydra-submitit-launcher)"
+        return f"unknown {group} {name!r}; valid {group}s: {', '.join(options)}{hint}"
+    full = _unknown_key(text)
+    if full is not None:
+        return f"unknown config key {full!r} (see `qwen-eval --cfg job` for every key)"
+    return lines[0] if lines else type(e).__name__
+
+
+def _unknown_key(text: str) -> str | None:
+    """The key of Hydra's "no such key" errors, else None."""
     if text.startswith("Could not override '") or ("Key '" in text and "is not in struct" in text):
         marker = "Could not override '" if text.startswith("Could not override '") else "Key '"
-        full = text.split(marker, 1)[1].split("'", 1)[0]
-        return f"unknown config key {full!r} (see `qwen-eval --cfg job` for the keys; prefix with + to add a new one)"
-    return lines[0] if lines else type(e).__name__
+        return text.split(marker, 1)[1].split("'", 1)[0]
+    return None
+
+
+def _is_group_choice(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key in GROUPS or key.startswith("hydra/")
+
+
+def _unknown_key_line(full: str, overrides: list[str]) -> str:
+    """`unknown config key 'shot'; did you mean shots?`: the close matches among the keys beside it."""
+    from hydra import compose
+
+    parent, _, leaf = full.rpartition(".")
+    try:
+        base = compose(config_name="config", overrides=[o for o in overrides if _is_group_choice(o)])
+        node = OmegaConf.select(base, parent) if parent else base
+    except Exception:  # the group choices themselves are wrong: no hint
+        node = None
+    keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    if not parent:
+        keys += list(GROUPS)
+    return f"unknown config key {full!r}{options.suggest(leaf, keys)} (see `qwen-eval --cfg job` for every key)"
 
 
 def validate(argv: list[str]) -> None:
@@ -118,10 +157,17 @@ def validate(argv: list[str]) -> None:
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for overrides in combos:
             try:
-                cfg = compose(config_name="config", overrides=overrides)
+                cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
                 OmegaConf.to_container(cfg, resolve=False)
             except (HydraException, OmegaConfBaseException, ValueError) as e:
-                fail(f"bad override: {_hydra_error_line(e)}")
+                text = str(e.__cause__ if not str(e).strip() and e.__cause__ else e).strip()
+                full = _unknown_key(text)
+                fail(f"bad override: {_unknown_key_line(full, overrides) if full else _hydra_error_line(e)}")
+            choices = cfg.hydra.runtime.choices
+            try:
+                options.check(cfg, choices.get("task"), choices.get("model"))
+            except UserError as e:
+                fail(str(e))
     GlobalHydra.instance().clear()
 
 
@@ -129,20 +175,45 @@ def validate(argv: list[str]) -> None:
 
 @hydra.main(config_path="pkg://qwen_eval.conf", config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        from qwen_eval.evaluation import run
+    from qwen_eval.evaluation import multirun_job_dir, run
 
+    job_dir = multirun_job_dir()
+    try:
         run(cfg)
+    except KeyboardInterrupt:
+        fail("interrupted; finished requests are in the cache, rerun the same command to resume", 130)
+    except SystemExit as e:  # a suite with a failed task exits 1
+        if job_dir is None or e.code in (0, None):
+            raise
+        if not (job_dir / "suite.json").is_file():  # a suite's own record says which tasks failed
+            _job_failed(job_dir, f"exited with status {e.code}", "exit", cfg)
     except UserError as e:
         if cfg.get("debug"):
             traceback.print_exc()
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; finished requests are in the cache, rerun the same command to resume", 130)
+        if job_dir is None:
+            fail(str(e))
+        _job_failed(job_dir, str(e), "error", cfg)
     except Exception as e:
-        if cfg.get("debug"):
+        if cfg.get("debug") and job_dir is None:
             raise
-        fail(f"{type(e).__name__}: {e} (rerun with debug=true for the traceback)", 1)
+        if cfg.get("debug"):
+            traceback.print_exc()
+        if job_dir is None:
+            fail(f"{type(e).__name__}: {e} (rerun with debug=true for the traceback)", 1)
+        _job_failed(job_dir, f"{type(e).__name__}: {e}", type(e).__name__, cfg)
+
+
+def _job_failed(job_dir: Path, message: str, kind: str, cfg: DictConfig) -> None:
+    """One job of a multirun failed: say so on one line, record it in its folder, let the others run."""
+    from qwen_eval import sweep
+
+    line = " ".join(str(message).split())
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+    if distributed.is_main():
+        task = OmegaConf.select(cfg, "task.name", default=None)
+        model = OmegaConf.select(cfg, "model.name", default=None)
+        sweep.record_failure(job_dir, line, kind, None if task is None else str(task),
+                             None if model is None else str(model))
 
 
 def same_sweep_dir(argv: list[str]) -> list[str]:
@@ -169,6 +240,16 @@ def same_sweep_dir(argv: list[str]) -> list[str]:
 
 def main() -> None:
     argv = sys.argv[1:]
+    if any(a in HELP_FLAGS for a in argv):
+        from qwen_eval.usage import help_text
+
+        print(help_text(), end="")
+        return
+    if any(a in VERSION_FLAGS for a in argv):
+        from qwen_eval.usage import version
+
+        print(f"{PROG} {version()}")
+        return
     try:
         try:
             distributed.init()  # before Hydra: every rank composes its own config

@@ -1,10 +1,11 @@
 """One run, from a composed config to the files in its run folder (the flow of ARCHITECTURE.md).
 
+    options.check(cfg)                 every option, before anything is loaded
     task    = registry.task_class(cfg.task.name)(options, shots, protocol, seed)
-    docs    = task.load(cfg.data, cfg.limit)
+    docs    = task.load(cfg.data, cfg.limit)      before the model: bad data fails in seconds
     backend = backends.build(cfg.model)
     result  = runner.evaluate(task, docs, backend, cache)
-    write     results.json, samples.jsonl, table.md
+    write     results.json, samples.jsonl, table.md; the result line on stdout
 """
 
 from __future__ import annotations
@@ -12,27 +13,41 @@ from __future__ import annotations
 import re
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from qwen_eval import distributed, output, registry
+from qwen_eval import distributed, options, output, registry
 from qwen_eval.backends import Backend, build
 from qwen_eval.cache import AnswerCache
 from qwen_eval.errors import UserError
 from qwen_eval.runner import EvalResult, evaluate
 from qwen_eval.task import DataSpec, Task
 
-DATA_SOURCES = ("auto", "local", "hub", "sample")
-PROTOCOLS = ("qwen", "clean")
+DATA_SOURCES = options.DATA_SOURCES
+PROTOCOLS = options.PROTOCOLS
+
+
+@dataclass
+class Loaded:
+    """A task's documents, read before the model is built."""
+
+    spec: DataSpec
+    docs: list
+    started: float
 
 
 def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -> Task:
     name = task_cfg["name"]
     cls = registry.task_class(name)
-    options = {k: v for k, v in task_cfg.items() if k != "name"}
+    task_options = {k: v for k, v in task_cfg.items() if k != "name"}
+    budget = (cfg.get("model") or {}).get("max_new_tokens")
+    if budget is not None and task_options.get("max_new_tokens") is not None:
+        # the model's own generation budget (model=tiny never stops by itself) caps the task's
+        task_options["max_new_tokens"] = min(int(task_options["max_new_tokens"]), int(budget))
     shots = cfg.shots if shots is None else shots
     if shots is not None:
         if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
@@ -41,7 +56,7 @@ def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -
             raise UserError(f"task {name} supports shots from 0 to {cls.max_shots}, not {shots}")
     if cfg.protocol not in PROTOCOLS:
         raise UserError(f"protocol={cfg.protocol!r} is not a protocol; valid: {', '.join(PROTOCOLS)}")
-    return cls(options, shots=shots, protocol=cfg.protocol, seed=int(cfg.seed))
+    return cls(task_options, shots=shots, protocol=cfg.protocol, seed=int(cfg.seed))
 
 
 def data_spec(cfg: DictConfig) -> DataSpec:
@@ -63,18 +78,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
-    stem = _slug(f"{task.name}-{task.shots}shot-{model_name}")
+def multirun_job_dir() -> Path | None:
+    """Hydra's folder for this job of a multirun, <sweep.dir>/<num>-<task>-<model> (absolute);
+    None outside a multirun."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:  # Hydra's job folder: <sweep.dir>/<num>-<task>-<model>
-            return Path(hc.runtime.output_dir)
     except ValueError:  # not inside a Hydra app (tests, the Python API)
-        pass
-    base = Path("results") / "runs" / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        return None
+    return Path(hc.runtime.output_dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
+    stem = _slug(f"{task.name}-{task.shots}shot-{model_name}")
+    job_dir = multirun_job_dir()
+    if job_dir is not None:
+        return job_dir
+    base = Path("results").absolute() / "runs" / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out, n = base, 2
     while out.exists():
         out, n = base.with_name(f"{base.name}-{n}"), n + 1
@@ -115,9 +137,8 @@ def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataS
     return record
 
 
-def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache | None,
-             output_dir: Path | None = None) -> dict[str, Any] | None:
-    """Evaluate one task and write its run folder; the results record (None on ranks > 0)."""
+def load_documents(cfg: DictConfig, task: Task) -> Loaded:
+    """The task's documents as `data` and `limit` say (a UserError when there are none)."""
     started = time.time()
     spec = data_spec(cfg)
     limit = cfg.limit
@@ -126,13 +147,32 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
     docs = task.load(spec, limit)
     if not docs:
         raise UserError(f"task {task.name}: no documents loaded from {spec.path or spec.resolved_source()}")
+    return Loaded(spec, list(docs), started)
+
+
+def cache_note(result: EvalResult, cache: AnswerCache | None) -> str:
+    """Where the answers came from, for the result line."""
+    total, cached = result.requests_total, result.requests_cached
+    if cache is None or cached == 0:
+        return f"{total} answer{'s' if total != 1 else ''} computed" + (", no cache" if cache is None else "")
+    where = str(cache.path.parent)
+    if cached == total:
+        return f"all {total} answers from the cache ({where})"
+    return f"{cached}/{total} answers from the cache ({where}), {total - cached} computed"
+
+
+def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache | None,
+             output_dir: Path | None = None, loaded: Loaded | None = None) -> dict[str, Any] | None:
+    """Evaluate one task and write its run folder; the results record (None on ranks > 0)."""
+    loaded = loaded or load_documents(cfg, task)
+    spec, docs, started = loaded.spec, loaded.docs, loaded.started
     result = evaluate(task, docs, backend, cache=cache, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
     if not distributed.is_main():
         return None
     prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text
                                  for d in docs for r in task.requests(d))
     record = results_record(task, backend, result, spec, docs, cfg, prompts, started)
-    out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name))
+    out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name)).absolute()
     out.mkdir(parents=True, exist_ok=True)
     output.write_samples(out / "samples.jsonl", result.samples)
     write_artifacts = getattr(task, "write_artifacts", None)
@@ -140,21 +180,32 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
         record.setdefault("artifacts", [str(p.name) for p in write_artifacts(out, record)])
     output.write_json(out / "results.json", record)
     (out / "table.md").write_text(output.run_table_markdown(record), encoding="utf-8")
-    head = record["headline"]
-    se = f" ± {100 * head['stderr']:.1f}" if head.get("stderr") is not None else ""
-    value = head["value"]
-    shown = f"{100 * value:.1f}{se}%" if 0 <= value <= 1 else f"{value:.4g}"
-    print(f"{task.name} ({task.shots}-shot, {backend.name}): {head['metric']} = {shown}  "
-          f"[{record['n_samples']} docs, {result.requests_cached}/{result.requests_total} cached, "
-          f"{record['timing']['wall_seconds']:.1f}s] -> {out}", file=sys.stderr)
+    limited = f", limit={cfg.limit}" if cfg.get("limit") is not None else ""
+    print(f"{task.name} ({task.shots}-shot, {backend.name}): {output.headline_text(record)}  "
+          f"[{record['n_samples']} docs{limited}, {cache_note(result, cache)}, "
+          f"{record['timing']['wall_seconds']:.1f}s] -> {out}", file=sys.stdout, flush=True)
     return record
 
 
+def hydra_choices() -> dict[str, str]:
+    """The config group choices of this Hydra job (task, model, ...); {} outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices)
+    except ValueError:
+        return {}
+
+
 def run(cfg: DictConfig) -> dict[str, Any] | list | None:
+    choices = hydra_choices()
+    options.check(cfg, choices.get("task"), choices.get("model"))
     if cfg.get("suite"):
         from qwen_eval.suite import run_suite
 
         return run_suite(cfg)
     task = make_task(cfg.task, cfg)
+    loaded = load_documents(cfg, task)
+    cache = open_cache(cfg)
     backend = build(OmegaConf.to_container(cfg.model, resolve=True), seed=int(cfg.seed))
-    return run_task(cfg, task, backend, open_cache(cfg))
+    return run_task(cfg, task, backend, cache, loaded=loaded)

@@ -111,5 +111,17 @@ def run_table_markdown(results: Mapping[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def headline_text(results: Mapping[str, Any]) -> str:
+    """`acc = 26.7 ± 8.2%` (fractions in percent; perplexities as they are)."""
+    head = results["headline"]
+    value = head["value"]
+    if value is None:
+        return f"{head['metric']} = -"
+    if 0 <= value <= 1:
+        se = f" ± {100 * head['stderr']:.1f}" if head.get("stderr") is not None else ""
+        return f"{head['metric']} = {100 * value:.1f}{se}%"
+    return f"{head['metric']} = {value:.4g}"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -51,7 +51,7 @@ def test_two_ranks_give_the_results_of_one_and_share_its_cache(single, tmp_path)
     assert results["requests"] == {"total": 30, "cached": 0}
     assert results["metrics"] == reference["metrics"]
     assert_same_samples(read_samples(tmp_path / "two"), read_samples(single_out))
-    assert two.stderr.count("mmlu (5-shot, tiny): acc") == 1  # only rank 0 reports
+    assert two.stdout.count("mmlu (5-shot, tiny): acc") == 1  # only rank 0 reports
 
     # two ranks reuse what one rank cached, and one rank what two cached
     reuse = torchrun(*ARGS, "batch_size=4", f"cache_dir={single_cache}", f"output_dir={tmp_path / 'reuse2'}",
@@ -75,7 +75,9 @@ def test_a_rank_without_batches_a_multirun_folder_and_a_partial_resume(single, t
     assert first.returncode == 0, first.stderr
     sweeps = list((tmp_path / "results" / "runs").iterdir())
     assert len(sweeps) == 1 and sweeps[0].name.startswith("multirun-")
-    assert sorted(p.name for p in sweeps[0].iterdir()) == ["0-mmlu-tiny", "multirun.yaml"]
+    assert sorted(p.name for p in sweeps[0].iterdir()) == [
+        "0-mmlu-tiny", "multirun.yaml", "table.csv", "table.html", "table.md", "table.png", "table.tex"]
+    assert first.stdout.count(f"sweep {sweeps[0]}: 1 run finished") == 1  # the summary: rank 0 only
     assert read_results(sweeps[0] / "0-mmlu-tiny")["requests"] == {"total": 5, "cached": 0}
 
     # the full run finds those 5 answers and splits the other 25 over both ranks

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+from hydra import compose, initialize_config_module
 
 from cli_helpers import read_results, run_cli
 
@@ -52,3 +58,78 @@ def test_an_unknown_option_in_a_suite_entry_names_the_task_and_option(tmp_path: 
                    "data.source=sample", "limit=1", f"output_dir={tmp_path / 'o'}", cwd=tmp_path)
     assert proc.returncode == 1
     assert "task gsm8k has no option 'max_tokens' (options: extract, max_new_tokens)" in proc.stderr
+
+
+def _composed(*overrides: str):
+    with initialize_config_module(config_module="qwen_eval.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_the_embedded_model_has_a_small_generation_budget_of_its_own():
+    from qwen_eval.evaluation import make_task
+
+    tiny = _composed("suite=model_card", "model=tiny")
+    assert tiny.model.max_new_tokens == 32
+    budgets = {}
+    for name in ("gsm8k", "math", "humaneval", "mbpp", "bbh"):
+        cfg = _composed(f"task={name}", "model=tiny")
+        budgets[name] = make_task(cfg.task, cfg).options["max_new_tokens"]
+    assert budgets == {name: 32 for name in budgets}  # MATH asked for 1024, BBH 1024, the rest 512
+    # a real model keeps the task's budget; the cap is an option of any model
+    real = _composed("task=math", "model=qwen-14b")
+    assert make_task(real.task, real).options["max_new_tokens"] == 1024
+    capped = _composed("task=math", "model=qwen-14b", "model.max_new_tokens=64")
+    assert make_task(capped.task, capped).options["max_new_tokens"] == 64
+    uncapped = _composed("task=math", "model=tiny", "model.max_new_tokens=null")
+    assert make_task(uncapped.task, uncapped).options["max_new_tokens"] == 1024
+
+
+def test_the_budget_reaches_the_run_and_its_results(tmp_path: Path):
+    out = tmp_path / "math"
+    proc = run_cli("task=math", "model=tiny", "data.source=sample", "limit=1", f"output_dir={out}", "progress=false",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = read_results(out)
+    assert results["task_config"]["options"]["max_new_tokens"] == 32
+    assert results["config"]["model"]["max_new_tokens"] == 32
+
+
+INTERRUPTED = """\
+name: stopped
+tasks:
+  - {task: mmlu, shots: 0}
+  - {task: gsm8k, shots: 8, options: {max_new_tokens: 512}}
+  - {task: ceval, shots: 0}
+"""
+
+
+def test_a_suite_stopped_midway_still_writes_the_table_of_what_finished(tmp_path: Path):
+    (tmp_path / "conf" / "suite").mkdir(parents=True)
+    (tmp_path / "conf" / "suite" / "stopped.yaml").write_text(INTERRUPTED, encoding="utf-8")
+    out = tmp_path / "suite-out"
+    # gsm8k without the tiny budget: minutes of generation, so it is still running when stopped
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_eval", "suite=stopped",
+                             f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=tiny", "model.max_new_tokens=null",
+                             "data.source=sample", "limit=3", f"output_dir={out}", "progress=false"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "mmlu" / "results.json").is_file() or not (out / "suite.json").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)  # into gsm8k
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    status = json.loads((out / "suite.json").read_text(encoding="utf-8"))
+    assert [(t["task"], t["status"]) for t in status["tasks"]] == [
+        ("mmlu", "ok"), ("gsm8k", "interrupted"), ("ceval", "pending")]
+    table = (out / "table.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| tiny")}
+    assert "MMLU (0-shot)" in table and "tiny (measured)" in rows
+    assert "(n=15)†" in rows["tiny (measured)"]  # 3 questions x 5 subjects, a partial run
+    assert "interrupted; the table of the 1 finished tasks is in" in stderr
+    assert not (out / "gsm8k" / "results.json").exists()

@@ -1,0 +1,162 @@
+"""Checking a composed config before any data or model is loaded.
+
+    check(cfg, task_choice, model_choice)   # the first bad option -> UserError (one line)
+
+Hydra takes any value for any key (`batch_size=abc` is the string "abc"), so the values are
+checked here: the top-level keys by explicit rules, the `task.` and `model.` options against the
+types of their defaults in the task's and model's YAML (an option the YAML does not have is an
+unknown key, with a `did you mean` hint).
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from qwen_eval import registry
+from qwen_eval.errors import UserError
+
+DATA_SOURCES = ("auto", "local", "hub", "sample")
+PROTOCOLS = ("qwen", "clean")
+TOP_LEVEL_KEYS = ("task", "model", "suite", "shots", "limit", "batch_size", "seed", "protocol", "output_dir", "data",
+                  "cache_dir", "progress", "debug")
+# task./model. options that count something: a whole number >= 1 when set (max_retries: >= 0)
+COUNT_OPTIONS = ("max_new_tokens", "n", "max_length", "max_batch_tokens", "concurrency", "workers", "memory_mb")
+NONNEGATIVE_OPTIONS = ("max_retries",)
+SECONDS_OPTIONS = ("timeout",)  # a whole number of seconds by default, a fraction allowed
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """`; did you mean X?` for a close match among `choices`, else ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _conf_dir() -> Path:
+    return Path(str(resources.files("qwen_eval.conf")))
+
+
+def task_defaults(name: str) -> dict[str, Any] | None:
+    """A task's options as `task=<name>` composes them (its YAML, or a plugin's defaults); None
+    when neither is known (a task YAML from a user's hydra.searchpath)."""
+    path = _conf_dir() / "task" / f"{name}.yaml"
+    if path.is_file():
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if name in registry.plugin_tasks():
+        return {"name": name, **registry.task_class(name).default_options()}
+    return None
+
+
+def model_defaults(name: str) -> dict[str, Any] | None:
+    path = _conf_dir() / "model" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.is_file() else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(key: str, value: Any, minimum: int, hint: str, allow_none: bool = True) -> None:
+    if (value is None and allow_none) or (_is_int(value) and value >= minimum):
+        return
+    raise UserError(f"{key}={value!r} must be a whole number >= {minimum} ({hint})")
+
+
+def check_top_level(cfg: Mapping[str, Any]) -> None:
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            raise UserError(f"unknown config key {key!r}{suggest(str(key), TOP_LEVEL_KEYS)} "
+                            f"(see `qwen-eval --help` for the keys)")
+    _count("batch_size", cfg.get("batch_size"), 1, "requests per backend call", allow_none=False)
+    _count("limit", cfg.get("limit"), 1, "or null for everything")
+    _count("shots", cfg.get("shots"), 0, "or null for the model card's count")
+    if not _is_int(cfg.get("seed")):
+        raise UserError(f"seed={cfg.get('seed')!r} must be a whole number, e.g. seed=1234")
+    if cfg.get("protocol") not in PROTOCOLS:
+        raise UserError(f"protocol={cfg.get('protocol')!r} is not a protocol; valid: {', '.join(PROTOCOLS)}")
+    for key in ("progress", "debug"):
+        if not isinstance(cfg.get(key), bool):
+            raise UserError(f"{key}={cfg.get(key)!r} must be true or false")
+    for key in ("output_dir", "cache_dir"):
+        if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
+            raise UserError(f"{key}={cfg.get(key)!r} must be a folder path (or null)")
+    data = cfg.get("data")
+    if not isinstance(data, Mapping):
+        raise UserError("data must hold data.source and data.path, e.g. data.source=sample")
+    if data.get("source") not in DATA_SOURCES:
+        raise UserError(f"data.source={data.get('source')!r} is not a source; valid: {', '.join(DATA_SOURCES)}")
+    if data.get("path") is not None and not isinstance(data.get("path"), str):
+        raise UserError(f"data.path={data.get('path')!r} must be a path (or null)")
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if _is_int(default):
+        return "a whole number"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, Mapping):
+        return "a mapping of options"
+    return "a list"
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if _is_int(default):
+        return _is_int(value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, Mapping):
+        return isinstance(value, Mapping)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def check_options(group: str, choice: str, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """`group.<key>` values against the defaults of the group's YAML (recursing into mappings)."""
+    for key, value in values.items():
+        full = f"{group}.{key}"
+        if key not in defaults:
+            known = [k for k in defaults if k != "name"]
+            has = f"has: {', '.join(known)}" if known else "has no options"
+            raise UserError(f"unknown config key {full!r}{suggest(str(key), known)} ({group} {choice} {has})")
+        default = defaults[key]
+        if value is None or default is None:  # null: the code's default; a null default takes anything
+            continue
+        seconds = key in SECONDS_OPTIONS and isinstance(value, float)
+        if not seconds and not _same_type(value, default):
+            shown = "true" if default is True else "false" if default is False else repr(default)
+            raise UserError(f"{full}={value!r} must be {_type_name(default)} (the default is {shown})")
+        if isinstance(default, Mapping):
+            check_options(full, choice, value, default)
+        elif _is_int(value) and key in COUNT_OPTIONS and value < 1:
+            raise UserError(f"{full}={value} must be a whole number >= 1")
+        elif _is_int(value) and key in NONNEGATIVE_OPTIONS and value < 0:
+            raise UserError(f"{full}={value} must be a whole number >= 0")
+
+
+def check(cfg: DictConfig, task_choice: str | None = None, model_choice: str | None = None) -> None:
+    """Raise a UserError naming the first bad option of a composed config (interpolations resolved)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)  # Hydra's own node has values only a running job can resolve
+    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+    check_top_level(plain)
+    task, model = plain.get("task") or {}, plain.get("model") or {}
+    task_choice = task_choice or task.get("name")
+    model_choice = model_choice or model.get("name")
+    for group, choice, values, defaults in (
+            ("task", task_choice, task, task_defaults(str(task_choice)) if task_choice else None),
+            ("model", model_choice, model, model_defaults(str(model_choice)) if model_choice else None)):
+        if defaults is not None:
+            check_options(group, str(choice), values, defaults)
