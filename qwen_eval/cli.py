@@ -34,7 +34,7 @@ PROG = "qwen-eval"
 EXIT_USAGE = 2
 HELP_FLAGS = ("--help", "-h")
 VERSION_FLAGS = ("--version", "-V")
-GROUPS = ("task", "model", "suite")
+GROUPS = options.GROUPS
 _HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
                      "-sc", "--version", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 

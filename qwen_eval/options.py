@@ -22,8 +22,7 @@ from qwen_eval.errors import UserError
 
 DATA_SOURCES = ("auto", "local", "hub", "sample")
 PROTOCOLS = ("qwen", "clean")
-TOP_LEVEL_KEYS = ("task", "model", "suite", "shots", "limit", "batch_size", "seed", "protocol", "output_dir", "data",
-                  "cache_dir", "progress", "debug")
+GROUPS = ("task", "model", "suite")
 # task./model. options that count something: a whole number >= 1 when set (max_retries: >= 0)
 COUNT_OPTIONS = ("max_new_tokens", "n", "max_length", "max_batch_tokens", "concurrency", "workers", "memory_mb")
 NONNEGATIVE_OPTIONS = ("max_retries",)
@@ -38,6 +37,12 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 
 def _conf_dir() -> Path:
     return Path(str(resources.files("qwen_eval.conf")))
+
+
+def top_level_keys() -> list[str]:
+    """The keys of conf/config.yaml (and the config groups): anything else is a typo."""
+    raw = OmegaConf.load(_conf_dir() / "config.yaml")
+    return [*GROUPS, *(str(k) for k in raw if k not in ("defaults", "hydra"))]
 
 
 def task_defaults(name: str) -> dict[str, Any] | None:
@@ -67,10 +72,10 @@ def _count(key: str, value: Any, minimum: int, hint: str, allow_none: bool = Tru
 
 
 def check_top_level(cfg: Mapping[str, Any]) -> None:
+    known = top_level_keys()
     for key in cfg:
-        if key not in TOP_LEVEL_KEYS:
-            raise UserError(f"unknown config key {key!r}{suggest(str(key), TOP_LEVEL_KEYS)} "
-                            f"(see `qwen-eval --help` for the keys)")
+        if key not in known:
+            raise UserError(f"unknown config key {key!r}{suggest(str(key), known)} (see `qwen-eval --help` for the keys)")
     _count("batch_size", cfg.get("batch_size"), 1, "requests per backend call", allow_none=False)
     _count("limit", cfg.get("limit"), 1, "or null for everything")
     _count("shots", cfg.get("shots"), 0, "or null for the model card's count")
