@@ -283,9 +283,14 @@ def gguf_tokenizer(ckpt: GGUFCheckpoint):
         raise UserError(f"{ckpt.path}: the GGUF metadata carries no tokenizer (tokenizer.ggml.tokens/merges); "
                         f"set model.tokenizer_path to a folder with the model's tokenizer.json")
     meta = ckpt.metadata
-    return BPETokenizer.from_gguf_vocab(ckpt.vocab["tokens"], ckpt.vocab["merges"], ckpt.vocab.get("token_type", []),
-                                        model=meta.get("tokenizer.ggml.model"), pre=meta.get("tokenizer.ggml.pre"),
-                                        where=str(ckpt.path))
+    tokenizer = BPETokenizer.from_gguf_vocab(ckpt.vocab["tokens"], ckpt.vocab["merges"], ckpt.vocab.get("token_type", []),
+                                             model=meta.get("tokenizer.ggml.model"), pre=meta.get("tokenizer.ggml.pre"),
+                                             where=str(ckpt.path))
+    for name in ("bos", "eos"):  # the strings a chat template sees as bos_token / eos_token
+        token_id = meta.get(f"tokenizer.ggml.{name}_token_id")
+        if token_id is not None and 0 <= int(token_id) < len(ckpt.vocab["tokens"]):
+            setattr(tokenizer, f"{name}_token", ckpt.vocab["tokens"][int(token_id)])
+    return tokenizer
 
 
 def _release(reader, tensor) -> None:

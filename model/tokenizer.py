@@ -307,6 +307,8 @@ class BPETokenizer:
         self.eod_id = eod_id
         self._added = specials  # id -> surface text of every added token
         self._special_ids = {i for i, t in specials.items()}
+        self.bos_token: str | None = None  # set from the file's bos/eos ids (chat templates use them)
+        self.eos_token: str | None = None
 
     @classmethod
     def from_gguf_vocab(cls, tokens: list[str], merges: list[str], token_types: list[int], *, model: str,

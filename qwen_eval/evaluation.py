@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from qwen_eval import distributed, options, output, registry
+from qwen_eval import chat, distributed, options, output, registry
 from qwen_eval.backends import Backend, build
 from qwen_eval.cache import AnswerCache
 from qwen_eval.errors import UserError
@@ -166,11 +166,14 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
     """Evaluate one task and write its run folder; the results record (None on ranks > 0)."""
     loaded = loaded or load_documents(cfg, task)
     spec, docs, started = loaded.spec, loaded.docs, loaded.started
+    backend = chat.wrap(backend, chat.ChatOptions.from_config(cfg.get("chat")), task)
     result = evaluate(task, docs, backend, cache=cache, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
     if not distributed.is_main():
         return None
-    prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text
-                                 for d in docs for r in task.requests(d))
+    requests = [r for d in docs for r in task.requests(d)]
+    if isinstance(backend, chat.ChatBackend):  # the prompts as the model saw them
+        requests = chat.render_requests(requests, backend.template, backend.options)
+    prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text for r in requests)
     record = results_record(task, backend, result, spec, docs, cfg, prompts, started)
     out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name)).absolute()
     out.mkdir(parents=True, exist_ok=True)

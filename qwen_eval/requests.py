@@ -61,6 +61,10 @@ class Generate:
     top_k: int = 0
     n: int = 1
     seed: int = 0
+    # a chat request: (role, content) turns, and the start of the reply written for the model;
+    # the runner renders them with the model's chat template into `context` (qwen_eval.chat)
+    messages: tuple[tuple[str, str], ...] = ()
+    prefill: str = ""
     kind: ClassVar[str] = "generate"
 
 
@@ -120,6 +124,9 @@ def _plain(value: Any) -> Any:
 def request_key(request: Request) -> str:
     """Stable content hash of a request: sha256 of its kind and fields as canonical JSON."""
     payload = {"kind": request.kind, **_plain(request)}
+    for chat_field in ("messages", "prefill"):  # rendered into the context before any request is keyed
+        if not payload.get(chat_field, True):
+            del payload[chat_field]
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

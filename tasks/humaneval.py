@@ -14,23 +14,48 @@ cut at the first stop string of `task.stop`:
 Check: program = prompt + completion + "\\n" + test + "\\n" + "check(<entry_point>)", run in
 qwen_eval.sandbox; it passes when it ran to its end (see qwen_eval/sandbox.py). pass@k as in
 tasks/code_eval.py (task.n samples, unbiased estimator).
+
+Chat protocols (`task.prompt`, rendered with the model's chat template, see qwen_eval/chat.py):
+  base       the above (default)
+  instruct   Qwen2.5-Coder's instruct evaluation (qwencoder-eval/instruct, evalplus's ChatML decoder):
+             system "You are an intelligent programming assistant to produce Python algorithmic
+             solutions", user "Can you complete the following Python function?\\n```python\\n" +
+             prompt.strip() + "\\n```\\n", the reply pre-filled with "```python\\n"; greedy, 512 new
+             tokens, stops INSTRUCT_STOPS and the end of turn; tabs become 4 spaces. The reply
+             restates the whole function, so program = completion + test + check (evalplus's
+             "solution"); a reply that still holds a fence goes through tasks/code_extract.py.
+  qwen_chat  Qwen's eval/evaluate_chat_humaneval.py: user "Help me fill the following code.\\n" +
+             prompt, no system of its own, up to the end of turn (512 new tokens); the function body
+             is cut out of the reply by Qwen's rules (qwen_chat_body) and program = prompt + body + test.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import textwrap
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl
 from qwen_eval.errors import UserError
+from qwen_eval.requests import Generate
 from qwen_eval.task import DataSpec
 from qwen_eval.tasks.code_eval import CodeTask, require_fields
+from qwen_eval.tasks.code_extract import extract_code
 
 STOPS = {
     "qwen": ("<|endoftext|>", "\n\n\n", "\n\n", "def "),
     "standard": ("\nclass", "\ndef", "\n#", "\nif", "\nprint"),
 }
+PROMPTS = ("base", "instruct", "qwen_chat")
+INSTRUCT_SYSTEM = "You are an intelligent programming assistant to produce Python algorithmic solutions"
+INSTRUCT_USER = "Can you complete the following Python function?\n```python\n{prompt}\n```\n"
+INSTRUCT_PREFILL = "```python\n"
+# evalplus's EOS list, then its chat decoder's "\n```", and "\n#" as Qwen2.5-Coder runs it
+INSTRUCT_STOPS = ("<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint(", "\n#",
+                  "\n```")
+QWEN_CHAT_USER = "Help me fill the following code.\n{prompt}"
 HUB_ID = "openai/openai_humaneval"
 FILE_NAMES = ("HumanEval.jsonl.gz", "HumanEval.jsonl")
 LAYOUT = "HumanEval rows have task_id, prompt, test, entry_point and canonical_solution"
@@ -60,13 +85,20 @@ class HumanEval(CodeTask):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"stop": "qwen", **super().default_options()}
+        return {"stop": "qwen", "prompt": "base", **super().default_options()}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(options, **kwargs)
         if self.options["stop"] not in STOPS:
             raise UserError(f"task.stop={self.options['stop']!r} is not a stop set; valid: {', '.join(STOPS)}")
-        self.stop = STOPS[self.options["stop"]]
+        if self.options["prompt"] not in PROMPTS:
+            raise UserError(f"task.prompt={self.options['prompt']!r} is not a HumanEval protocol; valid: {', '.join(PROMPTS)}")
+        self.prompt_style = self.options["prompt"]
+        self.stop = INSTRUCT_STOPS if self.prompt_style == "instruct" else STOPS[self.options["stop"]]
+
+    @property
+    def uses_chat(self) -> bool:
+        return self.prompt_style != "base"
 
     # --- data ---
 
@@ -102,10 +134,47 @@ class HumanEval(CodeTask):
     # --- prompt, program ---
 
     def prompt(self, doc: HumanEvalDoc) -> str:
+        """The text the model continues, or for a chat protocol its user turn."""
+        if self.prompt_style == "instruct":
+            return INSTRUCT_USER.format(prompt=doc.prompt.strip())
+        if self.prompt_style == "qwen_chat":
+            return QWEN_CHAT_USER.format(prompt=doc.prompt)
         return doc.prompt
 
+    def requests(self, doc: HumanEvalDoc) -> list[Generate]:
+        (base,) = super().requests(doc)
+        if self.prompt_style == "instruct":
+            return [replace(base, context="", messages=(("system", INSTRUCT_SYSTEM), ("user", self.prompt(doc))),
+                            prefill=INSTRUCT_PREFILL)]
+        if self.prompt_style == "qwen_chat":
+            return [replace(base, context="", messages=(("user", self.prompt(doc)),), stop=())]
+        return [base]
+
     def program(self, doc: HumanEvalDoc, completion: str) -> str:
-        return doc.prompt + completion + "\n" + doc.test + "\n" + f"check({doc.entry_point})"
+        tests = "\n" + doc.test + "\n" + f"check({doc.entry_point})"
+        if self.prompt_style == "instruct":
+            code = completion.replace("\t", "    ")
+            if "```" in code:
+                code = extract_code(code, doc.entry_point)
+            return code + tests
+        if self.prompt_style == "qwen_chat":
+            return doc.prompt + qwen_chat_body(completion, doc.entry_point) + tests
+        return doc.prompt + completion + tests
 
     def target(self, doc: HumanEvalDoc) -> str:
         return doc.test
+
+
+def qwen_chat_body(reply: str, entry_point: str) -> str:
+    """The function body in a chat reply, by the rules of Qwen's evaluate_chat_humaneval.py: the
+    lines after `def <entry_point>...:` inside a fence; else after that def up to the first
+    line that is not indented; else after any def likewise; else the whole reply, indented."""
+    name = re.escape(entry_point)
+    body_until_dedent = r":\n(.*?)(?:\n(?!\n*(?:  |\t))|$)"
+    for pattern in (rf"```(?:[Pp]ython\n)?.*?def\s+{name}.*?:\n(.*?)\n```",
+                    rf"def\s+{name}.*?" + body_until_dedent,
+                    r"def.*?" + body_until_dedent):
+        found = re.search(pattern, reply, re.DOTALL)
+        if found:
+            return found.group(1)
+    return textwrap.indent(reply, " " * 4)

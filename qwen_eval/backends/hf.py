@@ -28,6 +28,7 @@ class HFBackend:
                  dtype: torch.dtype, seed: int = 1234, batch_rows: int = 16):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.chat_template = getattr(tokenizer, "chat_template", None)  # for qwen_eval.chat
         self.name = name
         self.path = path
         self.max_length = max_length

@@ -88,6 +88,7 @@ class Loaded:
     weights_id: str
     stop_token_ids: tuple[int, ...]  # declared by the checkpoint (eos ids)
     chat_template: str | None = None
+    checkpoint_format: str = "tiny"  # "qwen" (Qwen-1) or "qwen2"
 
 
 def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
@@ -101,15 +102,18 @@ def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, devic
         tokenizer = (load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path")
                      else gguf_tokenizer(ckpt))
         model = from_gguf(ckpt, dtype, device, seq_length=cfg.get("seq_length"))
-        return Loaded(model, tokenizer, _weights_fingerprint(gguf_file), ckpt.stop_token_ids, ckpt.chat_template)
-    from qwen_eval.model.loading import declared_eos_ids, from_pretrained, resolve_checkpoint
+        return Loaded(model, tokenizer, _weights_fingerprint(gguf_file), ckpt.stop_token_ids, ckpt.chat_template,
+                      ckpt.arch)
+    from qwen_eval.chat import checkpoint_template
+    from qwen_eval.model.loading import declared_eos_ids, from_pretrained, read_checkpoint_config, resolve_checkpoint
 
     directory = resolve_checkpoint(path)
     model = from_pretrained(directory, dtype=dtype, device=device)
     if cfg.get("seq_length"):
         model.config.seq_length = int(cfg["seq_length"])
     return Loaded(model, load_tokenizer(directory, cfg.get("tokenizer_path")), _weights_fingerprint(Path(directory)),
-                  declared_eos_ids(Path(directory)))
+                  declared_eos_ids(Path(directory)), checkpoint_template(Path(directory)),
+                  read_checkpoint_config(Path(directory))[1])
 
 
 def stop_token_ids(setting: Any, declared: Sequence[int], tokenizer) -> tuple[int, ...]:
@@ -174,6 +178,7 @@ class QwenBackend:
         backend.dtype = str(dtype).removeprefix("torch.")
         backend.device = str(device)
         backend.chat_template = loaded.chat_template
+        backend.checkpoint_format = loaded.checkpoint_format
         return backend
 
     def describe(self) -> dict[str, Any]:
