@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from qwen_eval.task import Sample
+from qwen_eval.tasks.chat_choice import ceval_question, ceval_letter
 from qwen_eval.tasks.multiple_choice import (LETTERS, CsvLayout, MCDoc, MultipleChoiceTask, Question,
                                              add_macro_metric, add_subject_metrics, per_subject_scores)
 
@@ -109,6 +110,12 @@ class CEval(MultipleChoiceTask):
     eval_split = "val"
     hub_id = "ceval/ceval-exam"
     continuations = ("A", "B", "C", "D")
+
+    def chat_question(self, doc: MCDoc) -> str:
+        return ceval_question(doc.question.text, doc.question.choices)
+
+    def chat_letter(self, reply: str, doc: MCDoc) -> str:
+        return ceval_letter(reply, doc.question.text, doc.question.choices)
 
     def prompt(self, doc: MCDoc) -> str:
         return "".join(format_question(shot, with_answer=True) for shot in doc.shots) + \

@@ -22,6 +22,11 @@ Answer extraction, two rules, both always reported:
           the last number anywhere; a number keeps its sign, decimals and thousands separators
           ("-3", "1,200", "$2.50"), and is compared with the gold as an exact rational number.
 `task.extract` picks the headline (`acc`); `acc_qwen` and `acc_strict` are both reported.
+
+`task.prompt=qwen_chat` is Qwen's eval/evaluate_chat_gsm8k.py (its default, zero-shot mode): the
+question alone in one chat turn, greedy up to the end of turn (512 new tokens), no stop strings;
+its qwen score compares the reply's last run of digits with the reference solution's last run of
+digits (both through `eval`, as that script's `is_correct` does); strict is as above.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from qwen_eval.task import DataSpec, Sample, Task
 
 STOP = ("<|endoftext|>", "\n\n\n", "\n\n", "Question:")
 EXTRACTORS = ("qwen", "strict")
+PROMPT_STYLES = ("base", "qwen_chat")
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 
 # Qwen's ANS_RE for the reference solution.
@@ -137,13 +143,18 @@ class GSM8K(Task):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"extract": "qwen", "max_new_tokens": 512}
+        return {"extract": "qwen", "max_new_tokens": 512, "prompt": "base"}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__({**self.default_options(), **dict(options or {})}, **kwargs)
         if self.options["extract"] not in EXTRACTORS:
             raise UserError(f"task.extract={self.options['extract']!r} is not an extractor; valid: {', '.join(EXTRACTORS)}")
         self.max_new_tokens = int(self.options["max_new_tokens"])
+        self.prompt_style = self.options["prompt"]
+        if self.prompt_style not in PROMPT_STYLES:
+            raise UserError(f"task.prompt={self.prompt_style!r} is not a prompt style; valid: {', '.join(PROMPT_STYLES)}")
+        if self.prompt_style == "qwen_chat":
+            self.shots = 0  # the chat protocol asks the question alone
         shots = exemplars()[:self.shots]
         # shots=8 is the file byte for byte (it ends in "\n"); fewer keep the first k examples.
         self.prefix = "\n\n".join(shots) + "\n" if shots else ""
@@ -171,11 +182,19 @@ class GSM8K(Task):
 
     # --- prompt ---
 
+    @property
+    def uses_chat(self) -> bool:
+        return self.prompt_style == "qwen_chat"
+
     def prompt(self, doc: GSM8KDoc) -> str:
+        if self.prompt_style == "qwen_chat":
+            return doc.question
         text = self.prefix + "\nQuestion: " + doc.question + "\nLet's think step by step\n"
         return text if self.prefix else text[1:]  # zero-shot: no blank line before the question
 
     def requests(self, doc: GSM8KDoc) -> list[Generate]:
+        if self.prompt_style == "qwen_chat":
+            return [Generate("", messages=(("user", doc.question),), max_new_tokens=self.max_new_tokens)]
         return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]
 
     # --- scoring ---
@@ -186,7 +205,8 @@ class GSM8K(Task):
         completion = result.texts[0]
         gold = Fraction(doc.gold)
         qwen, strict = extract_qwen(completion), extract_strict(completion)
-        scores = {"qwen": float(qwen is not None and qwen == gold),
+        qwen_gold = extract_qwen(doc.answer) if self.prompt_style == "qwen_chat" else gold
+        scores = {"qwen": float(qwen is not None and qwen == qwen_gold),
                   "strict": float(strict is not None and strict == gold)}
         predictions = {"qwen": format_number(qwen), "strict": format_number(strict)}
         headline = self.options["extract"]

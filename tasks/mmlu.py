@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, mean_stderr
 from qwen_eval.task import Sample
+from qwen_eval.tasks.chat_choice import mmlu_question, mmlu_letter
 from qwen_eval.tasks.multiple_choice import (LETTERS, CsvLayout, MCDoc, MultipleChoiceTask, Question,
                                              add_subject_metrics, per_subject_scores)
 
@@ -125,6 +126,12 @@ class MMLU(MultipleChoiceTask):
     eval_split = "test"
     hub_id = "cais/mmlu"
     continuations = (" A", " B", " C", " D")
+
+    def chat_question(self, doc: MCDoc) -> str:
+        return mmlu_question(doc.question.text, doc.question.choices)
+
+    def chat_letter(self, reply: str, doc: MCDoc) -> str:
+        return mmlu_letter(reply, doc.question.choices)
 
     def prompt(self, doc: MCDoc) -> str:
         header = f"The following are multiple choice questions (with answers) about {doc.subject.replace('_', ' ')}.\n\n"

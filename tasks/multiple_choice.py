@@ -25,11 +25,13 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 from qwen_eval.data import load_hub_dataset, local_dir, require_file, sample_dir
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, group_by, macro_stderr, mean_stderr
-from qwen_eval.requests import Choice, ChoiceResult, Response
+from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Response
+from qwen_eval.tasks.chat_choice import MAX_NEW_TOKENS as CHAT_MAX_NEW_TOKENS
 from qwen_eval.task import DataSpec, Sample, Task
 
 LETTERS = ("A", "B", "C", "D")
 PROTOCOLS = ("qwen", "clean")
+PROMPT_STYLES = ("base", "qwen_chat")  # task.prompt: the model card's k-shot scoring, or Qwen's chat protocol
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,30 @@ class MultipleChoiceTask(Task):
                             f"(shots come from the {self.max_shots} dev questions of each subject)")
         if protocol not in PROTOCOLS:
             raise UserError(f"protocol={protocol!r} is not a protocol; valid: {', '.join(PROTOCOLS)}")
+        self.prompt_style = self.options.get("prompt", "base")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise UserError(f"task.prompt={self.prompt_style!r} is not a prompt style; valid: {', '.join(PROMPT_STYLES)}")
+        if self.prompt_style == "qwen_chat" and type(self).chat_question is MultipleChoiceTask.chat_question:
+            raise UserError(f"task.prompt=qwen_chat: Qwen's chat protocol exists for mmlu and ceval, not {self.name}; "
+                            f"use chat.enabled=true to ask {self.name}'s prompt in a chat turn")
+        if self.prompt_style == "qwen_chat":
+            self.shots = 0  # the chat protocol asks each question alone
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {"prompt": "base"}
+
+    @property
+    def uses_chat(self) -> bool:
+        return self.prompt_style == "qwen_chat"
+
+    def chat_question(self, doc: MCDoc) -> str:
+        """The question asked in a chat turn (task.prompt=qwen_chat); see tasks/chat_choice.py."""
+        raise NotImplementedError
+
+    def chat_letter(self, reply: str, doc: MCDoc) -> str:
+        """The letter a chat reply chose, by Qwen's rules."""
+        raise NotImplementedError
 
     @abstractmethod
     def prompt(self, doc: MCDoc) -> str:
@@ -305,11 +331,15 @@ class MultipleChoiceTask(Task):
 
     # requests and scoring
 
-    def requests(self, doc: MCDoc) -> list[Choice]:
+    def requests(self, doc: MCDoc) -> list[Choice | Generate]:
+        if self.prompt_style == "qwen_chat":  # zero-shot, answered in free text
+            return [Generate("", messages=(("user", self.chat_question(doc)),), max_new_tokens=CHAT_MAX_NEW_TOKENS)]
         return [Choice(context=self.prompt(doc), continuations=self.continuations)]
 
     def score(self, doc: MCDoc, responses: Sequence[Response]) -> Sample:
         (result,) = responses
+        if self.prompt_style == "qwen_chat":
+            return self._score_reply(doc, result)
         if not isinstance(result, ChoiceResult) or len(result.logprobs) != len(LETTERS):
             raise RuntimeError(f"{self.name} {doc.doc_id}: expected one ChoiceResult with 4 log-probabilities")
         probs = softmax(result.logprobs)
@@ -319,3 +349,12 @@ class MultipleChoiceTask(Task):
                       response=list(result.logprobs), prediction=prediction,
                       score=float(prediction == doc.question.answer),
                       extra={"subject": doc.subject, "probs": probs, "protocol": self.protocol})
+
+    def _score_reply(self, doc: MCDoc, result: Response) -> Sample:
+        if not isinstance(result, GenerateResult):
+            raise RuntimeError(f"{self.name} {doc.doc_id}: expected a GenerateResult for the chat protocol")
+        reply = result.texts[0]
+        prediction = self.chat_letter(reply, doc)
+        return Sample(doc_id=doc.doc_id, prompt=self.chat_question(doc), target=doc.question.answer, response=reply,
+                      prediction=prediction, score=float(prediction == doc.question.answer),
+                      extra={"subject": doc.subject, "protocol": self.protocol, "prompt_style": self.prompt_style})

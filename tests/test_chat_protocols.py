@@ -1,0 +1,128 @@
+"""Qwen's chat protocols for MMLU, C-Eval and GSM8K (eval/evaluate_chat_*.py): golden prompts as the
+model sees them (Qwen-1 ChatML), and the answer read from replies the way those scripts read it.
+The replies in the corpora are in the shapes chat models give; tests/data_chat_replies.json adds
+replies the real Qwen2.5-Coder-0.5B-Instruct gave (benchmarks/real_model_runs.sh)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen_eval.chat import QWEN1_CHATML, ChatOptions, ChatTemplate, render_requests
+from qwen_eval.requests import GenerateResult
+from qwen_eval.task import DataSpec
+from qwen_eval.tasks.ceval import CEval
+from qwen_eval.tasks.chat_choice import ceval_letter, mmlu_letter
+from qwen_eval.tasks.gsm8k import GSM8K
+from qwen_eval.tasks.mmlu import MMLU
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mc"
+CHATML = ChatTemplate(QWEN1_CHATML, "Qwen-1 ChatML")
+REAL_REPLIES = Path(__file__).parent / "fixtures" / "chat_replies.json"
+
+
+def _rendered(task, doc) -> str:
+    (request,) = render_requests(task.requests(doc), CHATML, ChatOptions())
+    assert request.stop == ("<|im_end|>",) and request.max_new_tokens == 512 and request.temperature == 0.0
+    return request.context
+
+
+def test_mmlu_chat_golden_prompt():
+    task = MMLU({"prompt": "qwen_chat"})
+    assert task.shots == 0 and task.uses_chat
+    doc = next(d for d in task.load(DataSpec("local", str(FIXTURES / "mmlu"))) if d.subject == "abstract_algebra")
+    q = doc.question
+    assert _rendered(task, doc) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "The following is a multiple-choice question. Please choose the most suitable one among A, B, C and D as "
+        f"the answer to this question.\n\n{q.text}\nA. {q.choices[0]}\nB. {q.choices[1]}\nC. {q.choices[2]}\n"
+        f"D. {q.choices[3]}\n<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_ceval_chat_golden_prompt():
+    task = CEval({"prompt": "qwen_chat"})
+    doc = task.load(DataSpec("local", str(FIXTURES / "ceval")))[0]
+    q = doc.question
+    assert _rendered(task, doc) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        f"{q.text}\n\nA. {q.choices[0]}\nB. {q.choices[1]}\nC. {q.choices[2]}\nD. {q.choices[3]}\n"
+        "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_gsm8k_chat_golden_prompt():
+    task = GSM8K({"prompt": "qwen_chat"})
+    doc = task.load(DataSpec("sample"))[0]
+    assert task.shots == 0
+    assert _rendered(task, doc) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                    f"{doc.question}<|im_end|>\n<|im_start|>assistant\n")
+
+
+MMLU_CHOICES = ("0", "4", "2", "6")
+# (reply, choices, letter): each rule of the script, and what it does with awkward replies
+MMLU_REPLIES = [
+    ("The answer is C.", MMLU_CHOICES, "C"),
+    ("Answer: B", MMLU_CHOICES, "B"),
+    ("I would choose D because the group has order 6.", MMLU_CHOICES, "D"),
+    ("The answer is not A; the correct choice is B.", MMLU_CHOICES, "B"),
+    ("B is correct, since 2 + 2 = 4.", ("zero", "four", "two", "six"), "B"),
+    ("A is not correct. D is right.", ("x1", "x2", "x3", "x4"), "D"),
+    ("D. 6", MMLU_CHOICES, "D"),
+    ("Paris is the capital of France.", ("London", "Berlin", "Paris", "Madrid"), "C"),  # choice text -> letter
+    ("The capital of france is paris", ("London", "Berlin", "Paris", "Madrid"), "C"),  # case-insensitive
+    ("I think it's (A) here.", ("apple", "banana", "cherry", "date"), "A"),
+    ("Nothing matches the options at all", ("cat", "dog", "fish", "matches the options"), "D"),  # fuzzy last resort
+]
+
+
+@pytest.mark.parametrize("reply, choices, letter", MMLU_REPLIES)
+def test_mmlu_chat_letter(reply, choices, letter):
+    assert mmlu_letter(reply, choices) == letter
+
+
+CEVAL_QUESTION = "关于传输层的面向连接服务的特性是____。"
+CEVAL_CHOICES = ("既不保证可靠，也不保证按序交付", "不保证可靠，但保证按序交付", "保证可靠，但不保证按序交付", "既保证可靠，也保证按序交付")
+CEVAL_REPLIES = [
+    ("答案是C。", "C"),
+    ("正确答案为：B", "B"),
+    ("应该选A选项。", "A"),
+    ("D选项正确。", "D"),
+    ("关于传输层的面向连接服务的特性是既保证可靠，也保证按序交付", "D"),  # the script's own example
+    ("B", "B"),
+    ("我认为是 C 。", "C"),
+    ("答案不是A，而是B。", "A"),  # the negation blocks rule 2, so the first free-standing letter wins
+]
+
+
+@pytest.mark.parametrize("reply, letter", CEVAL_REPLIES)
+def test_ceval_chat_letter(reply, letter):
+    assert ceval_letter(reply, CEVAL_QUESTION, CEVAL_CHOICES) == letter
+
+
+def test_gsm8k_chat_scores_by_the_scripts_rule():
+    task = GSM8K({"prompt": "qwen_chat"})
+    doc = task.load(DataSpec("sample"))[0]
+    right = task.score(doc, [GenerateResult((f"Let me compute.\nSo the total is {doc.gold}.",))])
+    assert right.score == 1.0 and right.extra["score_strict"] == 1.0
+    wrong = task.score(doc, [GenerateResult((f"It is {doc.gold} dollars, or {int(doc.gold) + 1} with tax.",))])
+    assert wrong.score == 0.0 and wrong.prediction == str(int(doc.gold) + 1)
+
+
+def test_chat_protocol_only_where_qwen_has_one():
+    from qwen_eval.errors import UserError
+    from qwen_eval.tasks.cmmlu import CMMLU
+
+    with pytest.raises(UserError, match=r"task\.prompt=qwen_chat: Qwen's chat protocol exists for mmlu and ceval, not cmmlu"):
+        CMMLU({"prompt": "qwen_chat"})
+    with pytest.raises(UserError, match=r"task\.prompt='chat' is not a prompt style"):
+        MMLU({"prompt": "chat"})
+
+
+@pytest.mark.skipif(not REAL_REPLIES.is_file(), reason="no recorded real-model replies")
+def test_real_model_replies():
+    """Replies Qwen2.5-Coder-0.5B-Instruct gave under these protocols, with the letter or number read
+    from each by hand-checked rules."""
+    records = json.loads(REAL_REPLIES.read_text(encoding="utf-8"))
+    for r in records["mmlu"]:
+        assert mmlu_letter(r["reply"], r["choices"]) == r["letter"], r["reply"]
