@@ -134,3 +134,22 @@ def test_gsm8k_cli_texts_equal_transformers_generate(gguf_path, theirs, shared_d
         text = tokenizer.decode([t for t in new if t not in (151643, 151645)], clean_up_tokenization_spaces=False)
         assert sample["response"] == cut_at_stop(text, STOP)
         assert sample["response"].strip()
+
+
+def test_chat_template_renders_as_transformers(ours, theirs):
+    """The file's own Qwen2.5 template (tools branch, default system prompt) through our renderer
+    and through transformers' apply_chat_template."""
+    from qwen_eval.chat import ChatOptions, resolve_template
+
+    _, tokenizer = theirs
+    template = resolve_template(ChatOptions(), ours)
+    assert template.end_of_turn == "<|im_end|>"
+    conversations = [
+        [{"role": "user", "content": "Write a function."}],
+        [{"role": "system", "content": "You are an intelligent programming assistant."},
+         {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+    ]
+    for messages in conversations:
+        for add in (True, False):
+            want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add)
+            assert template.render(messages, add_generation_prompt=add) == want
