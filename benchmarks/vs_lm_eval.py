@@ -59,6 +59,24 @@ def make_checkpoint(directory: Path, *, hidden: int, layers: int, heads: int, in
     save_checkpoint(model, directory, format="qwen2", max_shard_bytes=200 << 20, tokenizer=True)
 
 
+def dequantize_gguf(gguf: Path, directory: Path) -> None:
+    """A Hugging Face Qwen2-format copy of a GGUF checkpoint for lm-eval and the loop: our fp32
+    dequantization of its tensors (equal to transformers' own, see tests/test_real_model.py),
+    the tokenizer transformers builds from the file, and the file's eos ids in generation_config.json."""
+    from transformers import AutoTokenizer
+
+    from qwen_eval.model.gguf import from_gguf, open_gguf
+    from qwen_eval.model.loading import save_checkpoint
+
+    if (directory / "config.json").exists():
+        return
+    ckpt = open_gguf(gguf)
+    save_checkpoint(from_gguf(ckpt), directory, format="qwen2", max_shard_bytes=1 << 30)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(directory)
+    eos = [*ckpt.stop_token_ids, 151643]
+    (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": 151643}))
+
+
 def prepare_prompts(case: str, n: int, max_new_tokens: int, path: Path) -> int:
     """Write one JSON line per document: doc_id, context and what the runners need to answer."""
     from qwen_eval.task import DataSpec
@@ -126,7 +144,9 @@ def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path) -> None:
                                         max_new_tokens=doc["max_new_tokens"], do_sample=False,
                                         stop_strings=doc["stop"], tokenizer=tokenizer, pad_token_id=151643)
                 text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=False)
-                predictions[doc["doc_id"]] = cut_at_stop(text.split("<|endoftext|>")[0], tuple(doc["stop"]))
+                for eos in ("<|endoftext|>", "<|im_end|>"):  # generate stops at the checkpoint's eos ids
+                    text = text.split(eos)[0]
+                predictions[doc["doc_id"]] = cut_at_stop(text, tuple(doc["stop"]))
     out.write_text(json.dumps({"predictions": predictions, "answer_seconds": time.perf_counter() - answer_start,
                                "load_seconds": answer_start - started}), encoding="utf-8")
 
@@ -147,13 +167,14 @@ def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[
     return {"wall": float(wall), "rss_mib": int(rss_kb) / 1024}
 
 
-def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, checkpoint: Path, work: Path) -> dict:
+def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, checkpoint: Path, work: Path,
+                  dtype: str = "float32") -> dict:
     out = work / f"qwen-eval-{case}"
     shutil.rmtree(out, ignore_errors=True)
     data = SHARED / ("mmlu" if case == "mmlu" else "gsm8k")
     cmd = [str(Path(sys.executable).with_name("qwen-eval")), f"task={case}", "model=qwen", f"model.path={checkpoint}",
            f"data.path={data}", f"limit={n}", f"batch_size={batch_size}", "cache_dir=null", f"output_dir={out}",
-           "progress=false"]
+           "progress=false", f"model.dtype={dtype}"]
     if case == "gsm8k":
         cmd.append(f"task.max_new_tokens={max_new_tokens}")
     stats = timed(cmd, work / f"qwen-eval-{case}.log")
@@ -227,13 +248,21 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--intermediate", type=int, default=1408)
+    p.add_argument("--gguf", type=Path, default=None,
+                   help="a real GGUF checkpoint instead of the random one: qwen-eval reads the file itself, lm-eval "
+                        "and the loop a dequantized Qwen2-format copy (e.g. $(python -m qwen_eval.fixtures real-0.5b))")
+    p.add_argument("--dtype", default="float32", help="qwen-eval's model.dtype (the others run fp32)")
     args = p.parse_args()
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / f"qwen2-h{args.hidden}-l{args.layers}"
-    make_checkpoint(checkpoint, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                    intermediate=args.intermediate, seed=0)
+    if args.gguf:
+        checkpoint = work / f"dequantized-{args.gguf.stem}"
+        dequantize_gguf(args.gguf, checkpoint)
+    else:
+        checkpoint = work / f"qwen2-h{args.hidden}-l{args.layers}"
+        make_checkpoint(checkpoint, hidden=args.hidden, layers=args.layers, heads=args.heads,
+                        intermediate=args.intermediate, seed=0)
     prompts = work / f"prompts-{args.case}.jsonl"
     n_docs = prepare_prompts(args.case, args.n, args.max_new_tokens, prompts)
     print(f"{args.case}: {n_docs} documents, checkpoint {checkpoint}", flush=True)
@@ -241,7 +270,8 @@ def main() -> None:
     runners = args.runners.split(",")
     results: dict[str, dict] = {}
     if "qwen-eval" in runners:
-        results["qwen-eval"] = run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size, checkpoint, work)
+        results["qwen-eval"] = run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
+                                             args.gguf or checkpoint, work, args.dtype)
         print(f"qwen-eval: {results['qwen-eval']['wall']:.1f} s", flush=True)
     if "lm-eval" in runners and args.lm_eval_python:
         results["lm-eval"] = run_lm_eval(args.case, args.lm_eval_python, args.lm_eval_batch_size, checkpoint,
