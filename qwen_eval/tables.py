@@ -109,12 +109,13 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     reported = _reference_rows(refs, reference_models, reference_row,
                                lambda ref, column: (column, ref.shots.get(column, card_shots.get(column))))
     measured: dict[str, dict[tuple, list[_Measured]]] = defaultdict(lambda: defaultdict(list))
+    mixed = _mixed_dtypes(runs)
     for order, run in enumerate(runs):
         metric, value, se = headline(run.results)
         scale = 100.0 if is_fraction_metric(metric) else 1.0
         column = run.results.get("model_card_column") or run.results["task"]
         key = (column, run.results.get("shots"))
-        row = _measured_label(run, labels)
+        row = _measured_label(run, labels, mixed)
         measured[row][key].append(_Measured(value * scale, None if se is None else se * scale, run, order))
 
     keys = declared + [key for row in reported.values() for key in row] + [key for row in measured.values() for key in row]
@@ -146,9 +147,10 @@ def build_long_context_table(results: Results, *, references: Sequence[Reference
 
     measured: dict[str, dict[int, list[_Measured]]] = defaultdict(lambda: defaultdict(list))
     variants: dict[str, tuple[str, str]] = {}
+    mixed = _mixed_dtypes(runs)
     for order, run in enumerate(runs):
         metrics = run.results["metrics"]
-        model = _measured_label(run, labels)
+        model = _measured_label(run, labels, mixed)
         for name, value in metrics.items():
             match = PPL_METRIC.match(name)
             if not match or not isinstance(value, (int, float)):
@@ -210,9 +212,19 @@ def _as_runs(results: Results) -> list[Run]:
     return [item if isinstance(item, Run) else Run(path=None, results=dict(item)) for item in results]
 
 
-def _measured_label(run: Run, labels: Mapping[str, str] | None) -> str:
+def _measured_label(run: Run, labels: Mapping[str, str] | None, mixed: set[str] = frozenset()) -> str:
+    """The row of a run: its model's name (or label); with the dtype when runs of that name were
+    made in more than one (fp32 and bf16 of one checkpoint are two rows, not a conflict)."""
     name = run.results["model"]["name"]
-    return f"{(labels or {}).get(name, name)} (measured)"
+    dtype = f" {run.results['model'].get('dtype')}" if name in mixed else ""
+    return f"{(labels or {}).get(name, name)}{dtype} (measured)"
+
+
+def _mixed_dtypes(runs: Sequence[Run]) -> set[str]:
+    dtypes: dict[str, set] = defaultdict(set)
+    for run in runs:
+        dtypes[run.results["model"]["name"]].add(run.results["model"].get("dtype"))
+    return {name for name, seen in dtypes.items() if len(seen) > 1}
 
 
 def _reference_rows(refs: Sequence[ReferenceTable], keep: Any, always: str | None,

@@ -335,3 +335,15 @@ def test_measured_bars_have_colours_of_their_own_and_a_legend_entry(runs_dir):
     assert not set(measured_colours) & reference_colours  # and from every reference row
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[:2] == measured and set(reference) <= set(legend)
+
+
+def test_one_checkpoint_in_two_dtypes_is_two_rows_not_a_conflict(tmp_path):
+    fp32 = results("mmlu", "real", 0.281, column="MMLU")
+    bf16 = results("mmlu", "real", 0.274, column="MMLU", created="2026-11-28T12:00:00+00:00")
+    bf16["model"]["dtype"] = "bfloat16"
+    table = build_table([fp32, bf16], references=[])
+    assert {"real float32 (measured)", "real bfloat16 (measured)"} <= set(table.index)
+    assert table.loc["real float32 (measured)", MMLU] == pytest.approx(28.1)
+    assert table.loc["real bfloat16 (measured)", MMLU] == pytest.approx(27.4)
+    alone = build_table([fp32], references=[])
+    assert "real (measured)" in alone.index  # one dtype: the name alone
