@@ -139,12 +139,8 @@ class QwenTokenizer:
         return self._encoding.decode_bytes(self._checked(ids))
 
     def _checked(self, ids: int | Iterable[int]) -> list[int]:
-        ids = _id_list(ids)
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise UserError(f"token id {bad} is outside Qwen's vocabulary (0..{self.vocab_size - 1}); "
-                            f"higher ids are embedding padding rows and have no text")
-        return ids
+        return checked_ids(ids, self.vocab_size, "Qwen's vocabulary",
+                           "; higher ids are embedding padding rows and have no text")
 
 
 @functools.lru_cache(maxsize=8)
@@ -195,6 +191,15 @@ def find_vocab(tokenizer_path: str | Path | None, checkpoint_dir: str | Path | N
     if checkpoint_dir and (Path(checkpoint_dir) / VOCAB_FILE).is_file():
         return Path(checkpoint_dir) / VOCAB_FILE
     return packaged_vocab()
+
+
+def checked_ids(ids: int | Iterable[int], vocab_size: int, what: str, hint: str = "") -> list[int]:
+    """`ids` as a list, or a UserError naming the first id outside 0..vocab_size-1."""
+    ids = _id_list(ids)
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise UserError(f"token id {bad} is outside {what} (0..{vocab_size - 1}){hint}")
+    return ids
 
 
 def _id_list(ids: int | Iterable[int]) -> list[int]:
@@ -257,12 +262,7 @@ class HFTokenizer:
         return b"".join(pieces)
 
     def _checked(self, ids: int | Iterable[int]) -> list[int]:
-        ids = _id_list(ids)
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise UserError(f"token id {bad} is outside the vocabulary of {self.name_or_path} "
-                            f"(0..{self.vocab_size - 1})")
-        return ids
+        return checked_ids(ids, self.vocab_size, f"the vocabulary of {self.name_or_path}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -372,16 +372,8 @@ class BPETokenizer:
                           else bytes(_UNICODE_TO_BYTE[c] for c in self._tokenizer.id_to_token(i)))
         return b"".join(pieces)
 
-    def token_id(self, text: str) -> int | None:
-        return self._tokenizer.token_to_id(text)
-
     def _checked(self, ids: int | Iterable[int]) -> list[int]:
-        ids = _id_list(ids)
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise UserError(f"token id {bad} is outside the vocabulary of {self.name_or_path} "
-                            f"(0..{self.vocab_size - 1})")
-        return ids
+        return checked_ids(ids, self.vocab_size, f"the vocabulary of {self.name_or_path}")
 
 
 def load_tokenizer(checkpoint_dir: str | Path | None,
