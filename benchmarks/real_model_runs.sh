@@ -5,7 +5,7 @@
 #   bash benchmarks/real_model_runs.sh [SHARED_DATA]      # default ../shared/data
 #
 # Runs one after another (alone on the machine: two cores), each into
-# results/real-0.5b/runs/<task>-<dtype>[-variant]; the answer cache makes a rerun resume.
+# results/real-0.5b/runs/<task>[-protocol]-<dtype>; the answer cache makes a rerun resume.
 # Then writes the leaderboard with qwen-eval-table. Wall times are in each results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,41 +33,12 @@ run mmlu-qwen-chat float32 task=mmlu task.prompt=qwen_chat data.path=$DATA/mmlu 
 run gsm8k-qwen-chat float32 task=gsm8k task.prompt=qwen_chat data.path=$DATA/gsm8k limit=16
 run ceval float32 task=ceval data.path=$DATA/ceval limit=2
 run cmmlu float32 task=cmmlu data.path=$DATA/cmmlu limit=2
-# not run yet (the next CPU hours): the base HumanEval prompt, MATH, BBH, the full MBPP, C-Eval chat
+# not run yet (the next CPU hours): the base HumanEval prompt, MATH, BBH, the full MBPP, chat C-Eval and HumanEval
 run humaneval float32 task=humaneval
 run math float32 task=math data.path=$DATA/math limit=4
 run bbh float32 task=bbh data.path=$DATA/bbh limit=1
 run mbpp float32 task=mbpp data.path=$DATA/mbpp
 run ceval-qwen-chat float32 task=ceval task.prompt=qwen_chat data.path=$DATA/ceval limit=1
 run humaneval-qwen-chat float32 task=humaneval task.prompt=qwen_chat limit=40
-
-qwen-eval-table. Wall times are in each results.json.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data}
-GGUF=$(python -m qwen_eval.fixtures real-0.5b)
-OUT=results/real-0.5b/runs
-MODEL="model=qwen model.path=$GGUF model.name=qwen2.5-coder-0.5b-instruct-q4"
-
-run() {  # run NAME DTYPE ARGS...
-  local name=$1 dtype=$2; shift 2
-  local dir="$OUT/$name-$dtype"
-  if [ -f "$dir/results.json" ]; then echo "done already: $dir"; return; fi
-  /usr/bin/time -f "$name-$dtype: %e s wall, %M KB peak RSS" \
-    qwen-eval $MODEL model.dtype=$dtype progress=false output_dir="$dir" "$@"
-}
-
-run mmlu float32 task=mmlu data.path=$DATA/mmlu limit=5
-run gsm8k float32 task=gsm8k data.path=$DATA/gsm8k limit=64
-run humaneval float32 task=humaneval
-run humaneval-standard-stops float32 task=humaneval task.stop=standard
-run ceval float32 task=ceval data.path=$DATA/ceval limit=5
-run cmmlu float32 task=cmmlu data.path=$DATA/cmmlu limit=3
-run bbh float32 task=bbh data.path=$DATA/bbh limit=3
-run math float32 task=math data.path=$DATA/math limit=10
-run mbpp float32 task=mbpp data.path=$DATA/mbpp
-run mmlu bfloat16 task=mmlu data.path=$DATA/mmlu limit=5
-run gsm8k bfloat16 task=gsm8k data.path=$DATA/gsm8k limit=64
-run humaneval bfloat16 task=humaneval
 
 qwen-eval-table $OUT --stderr --no-model-card --reference results/real-0.5b/published.csv -o results/real-0.5b/leaderboard
