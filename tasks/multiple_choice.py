@@ -20,7 +20,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, NoReturn, Sequence
 
 from qwen_eval.data import load_hub_dataset, local_dir, require_file, sample_dir
 from qwen_eval.errors import UserError
@@ -226,8 +226,7 @@ class MultipleChoiceTask(Task):
         if self.prompt_style not in PROMPT_STYLES:
             raise UserError(f"task.prompt={self.prompt_style!r} is not a prompt style; valid: {', '.join(PROMPT_STYLES)}")
         if self.prompt_style == "qwen_chat" and type(self).chat_question is MultipleChoiceTask.chat_question:
-            raise UserError(f"task.prompt=qwen_chat: Qwen's chat protocol exists for mmlu and ceval, not {self.name}; "
-                            f"use chat.enabled=true to ask {self.name}'s prompt in a chat turn")
+            self._no_chat_protocol()
         if self.prompt_style == "qwen_chat":
             self.shots = 0  # the chat protocol asks each question alone
 
@@ -240,12 +239,17 @@ class MultipleChoiceTask(Task):
         return self.prompt_style == "qwen_chat"
 
     def chat_question(self, doc: MCDoc) -> str:
-        """The question asked in a chat turn (task.prompt=qwen_chat); see tasks/chat_choice.py."""
-        raise NotImplementedError
+        """The question asked in a chat turn (task.prompt=qwen_chat; see tasks/chat_choice.py).
+        Only benchmarks Qwen has a chat script for (mmlu, ceval) define it."""
+        self._no_chat_protocol()
 
     def chat_letter(self, reply: str, doc: MCDoc) -> str:
-        """The letter a chat reply chose, by Qwen's rules."""
-        raise NotImplementedError
+        """The letter a chat reply chose, by Qwen's rules (with chat_question)."""
+        self._no_chat_protocol()
+
+    def _no_chat_protocol(self) -> NoReturn:
+        raise UserError(f"task.prompt=qwen_chat: Qwen's chat protocol exists for mmlu and ceval, not {self.name}; "
+                        f"use chat.enabled=true to ask {self.name}'s prompt in a chat turn")
 
     @abstractmethod
     def prompt(self, doc: MCDoc) -> str:

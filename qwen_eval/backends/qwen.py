@@ -101,19 +101,21 @@ def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, devic
         ckpt = open_gguf(gguf_file)
         tokenizer = (load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path")
                      else gguf_tokenizer(ckpt))
-        model = from_gguf(ckpt, dtype, device, seq_length=cfg.get("seq_length"))
-        return Loaded(model, tokenizer, _weights_fingerprint(gguf_file), ckpt.stop_token_ids, ckpt.chat_template,
-                      ckpt.arch)
-    from qwen_eval.chat import checkpoint_template
-    from qwen_eval.model.loading import declared_eos_ids, from_pretrained, read_checkpoint_config, resolve_checkpoint
+        loaded = Loaded(from_gguf(ckpt, dtype, device), tokenizer, _weights_fingerprint(gguf_file),
+                        ckpt.stop_token_ids, ckpt.chat_template, ckpt.arch)
+    else:
+        from qwen_eval.chat import checkpoint_template
+        from qwen_eval.model.loading import (checkpoint_format, declared_eos_ids, from_pretrained, read_config_json,
+                                             resolve_checkpoint)
 
-    directory = resolve_checkpoint(path)
-    model = from_pretrained(directory, dtype=dtype, device=device)
-    if cfg.get("seq_length"):
-        model.config.seq_length = int(cfg["seq_length"])
-    return Loaded(model, load_tokenizer(directory, cfg.get("tokenizer_path")), _weights_fingerprint(Path(directory)),
-                  declared_eos_ids(Path(directory)), checkpoint_template(Path(directory)),
-                  read_checkpoint_config(Path(directory))[1])
+        directory = Path(resolve_checkpoint(path))
+        loaded = Loaded(from_pretrained(directory, dtype=dtype, device=device),
+                        load_tokenizer(directory, cfg.get("tokenizer_path")), _weights_fingerprint(directory),
+                        declared_eos_ids(directory), checkpoint_template(directory),
+                        checkpoint_format(read_config_json(directory), directory))
+    if cfg.get("seq_length"):  # where NTK/LogN begin, for any checkpoint (a Qwen-1 GGUF drops it)
+        loaded.model.config.seq_length = int(cfg["seq_length"])
+    return loaded
 
 
 def stop_token_ids(setting: Any, declared: Sequence[int], tokenizer) -> tuple[int, ...]:
