@@ -221,13 +221,16 @@ def _child_setup(plan: _Plan, limits: Limits, nproc: int, workdir: str | None) -
     """The preexec_fn: runs in the forked child before exec. Everything it calls is bound here,
     in the parent, and it raises on any step that fails (the spawn then fails loudly)."""
     cpu = limits.cpu_seconds or max(1, math.ceil(limits.timeout))
-    rlimits = [(resource.RLIMIT_CORE, 0, 0),
-               (resource.RLIMIT_CPU, cpu, cpu + 1),
-               (resource.RLIMIT_FSIZE, limits.file_size_mb << 20, limits.file_size_mb << 20),
-               (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
-               (resource.RLIMIT_AS, limits.memory_mb << 20, limits.memory_mb << 20)]
+    # (which, (soft, hard)) built here: once RLIMIT_AS binds, the forked child, which still has the
+    # harness's address space (gigabytes with a model loaded), can allocate nothing more, so the
+    # limits are set last, with nothing left to build.
+    rlimits = [(resource.RLIMIT_CORE, (0, 0)),
+               (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+               (resource.RLIMIT_FSIZE, (limits.file_size_mb << 20, limits.file_size_mb << 20)),
+               (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
+               (resource.RLIMIT_AS, (limits.memory_mb << 20, limits.memory_mb << 20))]
     if plan.uid is not None or plan.user_namespace:  # root ignores RLIMIT_NPROC
-        rlimits.append((resource.RLIMIT_NPROC, nproc, nproc))
+        rlimits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
     flags = ((CLONE_NEWNET if plan.network_namespace else 0) | (CLONE_NEWPID if plan.pid_namespace else 0)
              | (CLONE_NEWIPC if plan.ipc_namespace else 0) | (CLONE_NEWNS if plan.private_tmp else 0))
     outer_uid, outer_gid = os.getuid(), os.getgid()
@@ -237,8 +240,6 @@ def _child_setup(plan: _Plan, limits: Limits, nproc: int, workdir: str | None) -
     uid, gid = plan.uid, plan.gid
 
     def setup() -> None:
-        for which, soft, hard in rlimits:
-            setrlimit(which, (soft, hard))
         if plan.user_namespace:
             _check(unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
             with open("/proc/self/setgroups", "w") as f:
@@ -269,6 +270,8 @@ def _child_setup(plan: _Plan, limits: Limits, nproc: int, workdir: str | None) -
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
+        for which, pair in rlimits:  # lowering a limit needs no privilege, so after setuid is fine
+            setrlimit(which, pair)
 
     return setup
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import pwd
 import signal
@@ -144,6 +145,19 @@ def test_unbounded_allocation():
     sandbox = Sandbox(Limits(timeout=10, memory_mb=256), workers=1)  # a smaller limit: quick on busy machines
     outcome = run_bounded(sandbox, "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))\n")
     assert outcome.status == "failed" and "MemoryError" in outcome.stderr
+
+
+def test_a_harness_far_larger_than_the_memory_limit_still_starts_large_programs():
+    """The forked child carries the harness's address space (gigabytes once a model is loaded) until it
+    execs; were RLIMIT_AS set before the child's last allocation (reading a 2 MB program), the spawn
+    itself failed with 'Exception occurred in preexec_fn' (CI, stop 18)."""
+    sandbox = Sandbox(Limits(timeout=10, memory_mb=256), workers=1)
+    reserved = mmap.mmap(-1, 3 << 30)  # 3 GB of address space, none of it touched
+    try:
+        outcome = sandbox.run("data = '" + "a" * 2_000_000 + "'\nprint(len(data))\n")
+    finally:
+        reserved.close()
+    assert outcome.status == "passed" and outcome.stdout == "2000000\n"
 
 
 def test_infinite_loop_and_long_sleep_hit_the_wall_limit(sandbox):
