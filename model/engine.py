@@ -24,7 +24,7 @@ from torch import Tensor
 
 from qwen_eval.errors import UserError
 from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, window_schedule
-from qwen_eval.backends.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
+from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
 from qwen_eval.requests import (WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult, LongContext,
                                 Rolling, RollingResult, cut_at_stop, request_key)
 

@@ -13,6 +13,7 @@ missing, misshapen, duplicated or unknown tensor is a UserError naming the tenso
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
-from qwen_eval.backends.qwen import resolve_device, resolve_dtype
 from qwen_eval.errors import UserError
+from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.model import Qwen, QwenConfig
 
 FORMATS = ("qwen", "qwen2")
@@ -58,6 +59,25 @@ def resolve_checkpoint(path_or_hub_id: str | Path, *, cache_dir: str | Path | No
     except Exception:  # LocalEntryNotFoundError, or a malformed id / cache entry
         raise UserError(f"model.path {path_or_hub_id} is not a local folder and is not in the Hugging Face "
                         f"cache; {hint}") from None
+
+
+def weights_fingerprint(path: Path) -> str:
+    """The identity of a checkpoint's files (part of a backend's cache fingerprint): config plus
+    each weight file's name, size and first/last MiB; cheap on 28 GB, and it changes whenever the
+    weights do. `path`: a checkpoint folder or a single .gguf file."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".tiktoken", ".gguf"))
+    for p in files:
+        h.update(p.name.encode())
+        size = p.stat().st_size
+        h.update(str(size).encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), 2)
+                h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

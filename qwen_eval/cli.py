@@ -173,9 +173,37 @@ def validate(argv: list[str]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 
+def hydra_choices() -> dict[str, str]:
+    """The config group choices of this Hydra job (task, model, ...); {} outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return dict(HydraConfig.get().runtime.choices)
+    except ValueError:
+        return {}
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | list | None:
+    """The dispatcher: a suite (qwen_eval.suite) or one task (qwen_eval.evaluation)."""
+    from qwen_eval import evaluation
+    from qwen_eval.backends import build
+
+    choices = hydra_choices()
+    options.check(cfg, choices.get("task"), choices.get("model"))
+    if cfg.get("suite"):
+        from qwen_eval.suite import run_suite
+
+        return run_suite(cfg)
+    task = evaluation.make_task(cfg.task, cfg)
+    loaded = evaluation.load_documents(cfg, task)
+    cache = evaluation.open_cache(cfg)
+    backend = build(OmegaConf.to_container(cfg.model, resolve=True), seed=int(cfg.seed))
+    return evaluation.run_task(cfg, task, backend, cache, loaded=loaded)
+
+
 @hydra.main(config_path="pkg://qwen_eval.conf", config_name="config", version_base="1.3")
 def _hydra_entry(cfg: DictConfig) -> None:
-    from qwen_eval.evaluation import multirun_job_dir, run
+    from qwen_eval.evaluation import multirun_job_dir
 
     job_dir = multirun_job_dir()
     try:

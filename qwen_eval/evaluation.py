@@ -1,6 +1,6 @@
-"""One run, from a composed config to the files in its run folder (the flow of ARCHITECTURE.md).
+"""One run, from a composed config to the files in its run folder (docs/architecture.md).
 
-    options.check(cfg)                 every option, before anything is loaded
+    options.check(cfg)                 every option, before anything is loaded (qwen_eval.cli.run)
     task    = registry.task_class(cfg.task.name)(options, shots, protocol, seed)
     docs    = task.load(cfg.data, cfg.limit)      before the model: bad data fails in seconds
     backend = backends.build(cfg.model)
@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from qwen_eval import chat, distributed, options, output, registry
-from qwen_eval.backends import Backend, build
+from qwen_eval.backends import Backend
 from qwen_eval.cache import AnswerCache
 from qwen_eval.errors import UserError
 from qwen_eval.runner import EvalResult, evaluate
@@ -74,7 +74,7 @@ def open_cache(cfg: DictConfig) -> AnswerCache | None:
     return AnswerCache(Path(str(cfg.cache_dir)).expanduser() / "answers.sqlite")
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
@@ -92,7 +92,7 @@ def multirun_job_dir() -> Path | None:
 
 
 def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
-    stem = _slug(f"{task.name}-{task.shots}shot-{model_name}")
+    stem = slug(f"{task.name}-{task.shots}shot-{model_name}")
     job_dir = multirun_job_dir()
     if job_dir is not None:
         return job_dir
@@ -188,27 +188,3 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
           f"[{record['n_samples']} docs{limited}, {cache_note(result, cache)}, "
           f"{record['timing']['wall_seconds']:.1f}s] -> {out}", file=sys.stdout, flush=True)
     return record
-
-
-def hydra_choices() -> dict[str, str]:
-    """The config group choices of this Hydra job (task, model, ...); {} outside Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return dict(HydraConfig.get().runtime.choices)
-    except ValueError:
-        return {}
-
-
-def run(cfg: DictConfig) -> dict[str, Any] | list | None:
-    choices = hydra_choices()
-    options.check(cfg, choices.get("task"), choices.get("model"))
-    if cfg.get("suite"):
-        from qwen_eval.suite import run_suite
-
-        return run_suite(cfg)
-    task = make_task(cfg.task, cfg)
-    loaded = load_documents(cfg, task)
-    cache = open_cache(cfg)
-    backend = build(OmegaConf.to_container(cfg.model, resolve=True), seed=int(cfg.seed))
-    return run_task(cfg, task, backend, cache, loaded=loaded)

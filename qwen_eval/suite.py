@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from qwen_eval import distributed, options, output, registry
 from qwen_eval.backends import Backend, build
 from qwen_eval.errors import UserError
+from qwen_eval.evaluation import load_documents, make_task, multirun_job_dir, open_cache, run_task, slug
 
 
 def _task_config(name: str) -> dict[str, Any]:
@@ -59,8 +60,6 @@ def _task_run_config(cfg: DictConfig, entry: DictConfig, data_root: Path | None)
 
 def suite_root(cfg: DictConfig, model_name: str) -> Path:
     """output_dir, else Hydra's job folder in a multirun, else results/runs/suite-<name>-<model>-<time>."""
-    from qwen_eval.evaluation import multirun_job_dir
-
     if cfg.output_dir:
         return Path(str(cfg.output_dir)).absolute()
     job_dir = multirun_job_dir()
@@ -85,8 +84,6 @@ def write_suite_table(root: Path, suite_name: str, model: dict[str, Any] | None,
 
 
 def run_suite(cfg: DictConfig) -> list[dict[str, Any]]:
-    from qwen_eval.evaluation import _slug, load_documents, make_task, open_cache, run_task
-
     suite = cfg.suite
     data_root = Path(str(cfg.data.path)).expanduser() if cfg.data.get("path") else None
     if data_root is not None and not data_root.is_dir():
@@ -95,7 +92,7 @@ def run_suite(cfg: DictConfig) -> list[dict[str, Any]]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     backend: Backend | None = None
     cache = open_cache(cfg)
-    root = suite_root(cfg, _slug(str(model_cfg.get("name") or model_cfg.get("backend"))))
+    root = suite_root(cfg, slug(str(model_cfg.get("name") or model_cfg.get("backend"))))
 
     records: list[dict[str, Any]] = []
     status = [{"task": e.task, "shots": e.get("shots"), "status": "pending"} for e in suite.tasks]

@@ -106,7 +106,7 @@ def test_echo_logprobs_follow_the_openai_legacy_format_and_the_engine(server, en
     # ASCII text: each token's offset is where its text starts
     assert [prompt[o:o + len(t)] for o, t in zip(lp["text_offset"], lp["tokens"])] == lp["tokens"]
 
-    from qwen_eval.backends.token_plans import ScoringRow
+    from qwen_eval.model.token_plans import ScoringRow
 
     reference, greedy = engine.score_rows([ScoringRow(ids, list(range(len(ids) - 1)), ids[1:])])[0]
     assert lp["token_logprobs"][1:] == pytest.approx(reference, abs=1e-4)

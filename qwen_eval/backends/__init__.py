@@ -1,4 +1,5 @@
-"""Backends answer requests. One small protocol; any backend serves any task.
+"""Backends answer requests. One small interface (qwen_eval.backends.base.Backend); any backend
+serves any task.
 
     choice(requests)   -> list[ChoiceResult]
     generate(requests) -> list[GenerateResult]
@@ -11,27 +12,12 @@ cache is keyed by it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping
 
+from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
-from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
 
-
-class Backend(Protocol):
-    name: str
-    fingerprint: str
-    max_length: int
-    tokens_processed: int  # running count of prompt + generated tokens, for throughput reports
-
-    def describe(self) -> dict[str, Any]:
-        """name, path, dtype, fingerprint (and anything else worth recording in results.json)."""
-
-    def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]: ...
-
-    def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]: ...
-
-    def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]: ...
-
+__all__ = ["BACKENDS", "Backend", "build", "unsupported"]
 
 BACKENDS = ("qwen", "hf", "replay", "openai")
 
@@ -52,7 +38,3 @@ def build(model_cfg: Mapping[str, Any], *, seed: int = 1234) -> Backend:
         from qwen_eval.backends.openai import OpenAIBackend
         return OpenAIBackend.from_config(model_cfg)
     raise UserError(f"model.backend={kind!r} is not a backend; valid: {', '.join(BACKENDS)}")
-
-
-def unsupported(backend: str, kind: str, hint: str = "") -> UserError:
-    return UserError(f"backend {backend} cannot answer {kind} requests{'; ' + hint if hint else ''}")

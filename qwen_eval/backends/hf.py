@@ -15,20 +15,21 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from qwen_eval.backends import unsupported
-from qwen_eval.backends.qwen import _weights_fingerprint, resolve_device, resolve_dtype
-from qwen_eval.backends.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
+from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
+from qwen_eval.model.devices import resolve_device, resolve_dtype
+from qwen_eval.model.loading import weights_fingerprint
+from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
 from qwen_eval.requests import (Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult,
                                 cut_at_stop, request_key)
 
 
-class HFBackend:
+class HFBackend(Backend):
     def __init__(self, model, tokenizer, *, name: str, path: str, max_length: int, fingerprint: str,
                  dtype: torch.dtype, seed: int = 1234, batch_rows: int = 16):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.chat_template = getattr(tokenizer, "chat_template", None)  # for qwen_eval.chat
+        self.chat_template = tokenizer.chat_template  # for qwen_eval.chat
         self.name = name
         self.path = path
         self.max_length = max_length
@@ -59,7 +60,7 @@ class HFBackend:
         except (OSError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"model=hf: cannot load a checkpoint from {path} ({first})") from None
-        digest = hashlib.sha256(f"{_weights_fingerprint(Path(path))}:{dtype}:{cfg.get('max_length')}:{seed}".encode())
+        digest = hashlib.sha256(f"{weights_fingerprint(Path(path))}:{dtype}:{cfg.get('max_length')}:{seed}".encode())
         return cls(model, tokenizer, name=str(cfg.get("name") or "hf"), path=path,
                    max_length=int(cfg.get("max_length") or 2048), fingerprint="hf-" + digest.hexdigest()[:16],
                    dtype=dtype, seed=seed, batch_rows=int(cfg.get("batch_rows") or 16))

@@ -39,7 +39,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
-from qwen_eval.backends import unsupported
+from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult, cut_at_stop
 
@@ -56,7 +56,7 @@ class RetryableError(Exception):
         self.retry_after = retry_after
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     def __init__(self, base_url: str, model: str, *, name: str | None = None, api_key: str | None = None,
                  timeout: float = 600.0, max_retries: int = 5, retry_backoff: float = 1.0, concurrency: int = 8,
                  max_length: int | None = None):

@@ -10,38 +10,16 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from qwen_eval.backends.base import Backend
 from qwen_eval.errors import UserError
+from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
+from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.model import PRESETS, Qwen, QwenConfig, init_weights, window_schedule
 from qwen_eval.model.tokenizer import load_tokenizer
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
 
 ENGINE_VERSION = "1"  # bump when a change to the engine changes answers (invalidates cached ones)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"model.device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"model.device={name} but CUDA is not available here; use model.device=cpu")
-    return device
-
-
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """auto: bf16 on a CUDA device that supports it (fp16 otherwise), fp32 on CPU."""
-    if name in (None, "auto"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise UserError(f"model.dtype={name!r} is not supported; use auto, float32, bfloat16 or float16")
-    return table[name]
 
 
 def window_sizes(setting: Any, cfg: QwenConfig) -> tuple[int, ...] | None:
@@ -59,24 +37,6 @@ def window_sizes(setting: Any, cfg: QwenConfig) -> tuple[int, ...] | None:
 def build_tiny(seed: int = 0, **overrides) -> Qwen:
     """The seeded random tiny Qwen (real vocabulary, a few million parameters besides embeddings)."""
     return init_weights(Qwen(QwenConfig.preset("tiny", **overrides)), seed)
-
-
-def _weights_fingerprint(path: Path) -> str:
-    """Config plus each weight file's name, size and first/last MiB: cheap on 28 GB, and it
-    changes whenever the weights do. `path`: a checkpoint folder or a single .gguf file."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".tiktoken", ".gguf"))
-    for p in files:
-        h.update(p.name.encode())
-        size = p.stat().st_size
-        h.update(str(size).encode())
-        with open(p, "rb") as f:
-            h.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), 2)
-                h.update(f.read())
-    return h.hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -101,7 +61,7 @@ def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, devic
         ckpt = open_gguf(gguf_file)
         tokenizer = (load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path")
                      else gguf_tokenizer(ckpt))
-        loaded = Loaded(from_gguf(ckpt, dtype, device), tokenizer, _weights_fingerprint(gguf_file),
+        loaded = Loaded(from_gguf(ckpt, dtype, device), tokenizer, weights_fingerprint(gguf_file),
                         ckpt.stop_token_ids, ckpt.chat_template, ckpt.arch)
     else:
         from qwen_eval.chat import checkpoint_template
@@ -110,7 +70,7 @@ def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, devic
 
         directory = Path(resolve_checkpoint(path))
         loaded = Loaded(from_pretrained(directory, dtype=dtype, device=device),
-                        load_tokenizer(directory, cfg.get("tokenizer_path")), _weights_fingerprint(directory),
+                        load_tokenizer(directory, cfg.get("tokenizer_path")), weights_fingerprint(directory),
                         declared_eos_ids(directory), checkpoint_template(directory),
                         checkpoint_format(read_config_json(directory), directory))
     if cfg.get("seq_length"):  # where NTK/LogN begin, for any checkpoint (a Qwen-1 GGUF drops it)
@@ -136,7 +96,7 @@ def stop_token_ids(setting: Any, declared: Sequence[int], tokenizer) -> tuple[in
     return ids
 
 
-class QwenBackend:
+class QwenBackend(Backend):
     def __init__(self, engine: Engine, *, name: str, path: str | None, fingerprint: str):
         self.engine = engine
         self.name = name
@@ -191,6 +151,10 @@ class QwenBackend:
                 "seq_length": cfg.seq_length, "use_dynamic_ntk": cfg.use_dynamic_ntk,
                 "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None,
                 "stop_token_ids": sorted(self.engine.stop_token_ids)}
+
+    def special_tokens(self) -> dict[str, str | None]:
+        tokenizer = self.engine.tokenizer
+        return {"bos_token": getattr(tokenizer, "bos_token", None), "eos_token": getattr(tokenizer, "eos_token", None)}
 
     def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]:
         return self.engine.choice(requests)

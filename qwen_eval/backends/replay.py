@@ -15,12 +15,12 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from qwen_eval.backends import unsupported
+from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Request, Rolling, RollingResult, cut_at_stop
 
 
-class ReplayBackend:
+class ReplayBackend(Backend):
     name = "replay"
     max_length = 1 << 30
 
