@@ -47,20 +47,26 @@ class ChatOptions:
     enabled: bool = False  # wrap every task's prompt in one user turn
     system: str | None = None  # a system message before the first turn
     template: str | None = None  # a Jinja file; None: the checkpoint's own
+    fewshot_as_multiturn: bool = False  # each shot a user turn and an assistant turn (Task.fewshot)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> ChatOptions:
         cfg = dict(cfg or {})
-        unknown = set(cfg) - {"enabled", "system", "template"}
+        known = ("enabled", "system", "template", "fewshot_as_multiturn")
+        unknown = set(cfg) - set(known)
         if unknown:
-            raise UserError(f"chat.{sorted(unknown)[0]} is not a chat option; use chat.enabled, chat.system, chat.template")
-        enabled = cfg.get("enabled", False)
-        if not isinstance(enabled, bool):
-            raise UserError(f"chat.enabled={enabled!r}: use true or false")
-        return cls(enabled, cfg.get("system"), cfg.get("template"))
+            raise UserError(f"chat.{sorted(unknown)[0]} is not a chat option; use {', '.join('chat.' + k for k in known)}")
+        enabled, multiturn = cfg.get("enabled", False), cfg.get("fewshot_as_multiturn", False)
+        for key, value in (("enabled", enabled), ("fewshot_as_multiturn", multiturn)):
+            if not isinstance(value, bool):
+                raise UserError(f"chat.{key}={value!r}: use true or false")
+        if multiturn and not enabled:
+            raise UserError("chat.fewshot_as_multiturn=true asks the shots as chat turns: set chat.enabled=true too")
+        return cls(enabled, cfg.get("system"), cfg.get("template"), multiturn)
 
     def describe(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "system": self.system, "template": self.template}
+        return {"enabled": self.enabled, "system": self.system, "template": self.template,
+                "fewshot_as_multiturn": self.fewshot_as_multiturn}
 
 
 class ChatTemplate:
@@ -143,16 +149,15 @@ def checkpoint_template(directory: Path) -> str | None:
 
 def resolve_template(options: ChatOptions, backend: Any) -> ChatTemplate:
     """The template for chat requests on `backend` (see the module docstring for the order)."""
-    tokenizer = getattr(getattr(backend, "engine", None), "tokenizer", None)
-    special = {"bos_token": getattr(tokenizer, "bos_token", None), "eos_token": getattr(tokenizer, "eos_token", None)}
+    special = backend.special_tokens()
     if options.template:
         return ChatTemplate(read_template_file(options.template), str(options.template), **special)
-    own = getattr(backend, "chat_template", None)
+    own = backend.chat_template
     if own:
         return ChatTemplate(own, f"of {backend.path or backend.name}", **special)
-    if getattr(backend, "checkpoint_format", None) in ("qwen", "tiny"):  # Qwen-1 vocabulary, no template
+    if backend.checkpoint_format in ("qwen", "tiny"):  # Qwen-1 vocabulary, no template
         return ChatTemplate(QWEN1_CHATML, "Qwen-1 ChatML (built in)", **special)
-    raise UserError(f"model {getattr(backend, 'name', '?')} has no chat template (its checkpoint carries none); give "
+    raise UserError(f"model {backend.name} has no chat template (its checkpoint carries none); give "
                     f"one with chat.template=FILE (a Jinja template, or a tokenizer_config.json that has one)")
 
 
@@ -197,8 +202,8 @@ class ChatBackend:
         self.max_length = inner.max_length
         import hashlib
 
-        digest = hashlib.sha256(json.dumps([inner.fingerprint, template.source if template else None,
-                                            options.system, options.enabled]).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps([inner.fingerprint, template.source if template else None, options.system,
+                                            options.enabled, options.fewshot_as_multiturn]).encode()).hexdigest()
         self.fingerprint = digest[:16]
 
     def __getattr__(self, name: str) -> Any:  # dtype, device, path, engine, ...
@@ -226,6 +231,6 @@ class ChatBackend:
 def wrap(backend: Any, options: ChatOptions, task: Any) -> Any:
     """`backend` as it must answer `task`: wrapped when the task asks in chat turns or
     chat.enabled is set (the template is resolved now, so a missing one fails before any work)."""
-    if not (options.enabled or getattr(task, "uses_chat", False)):
+    if not (options.enabled or task.uses_chat):
         return backend
     return ChatBackend(backend, resolve_template(options, backend), options)

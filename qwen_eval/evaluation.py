@@ -56,7 +56,10 @@ def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -
             raise UserError(f"task {name} supports shots from 0 to {cls.max_shots}, not {shots}")
     if cfg.protocol not in PROTOCOLS:
         raise UserError(f"protocol={cfg.protocol!r} is not a protocol; valid: {', '.join(PROTOCOLS)}")
-    return cls(task_options, shots=shots, protocol=cfg.protocol, seed=int(cfg.seed))
+    task = cls(task_options, shots=shots, protocol=cfg.protocol, seed=int(cfg.seed))
+    chat_options = chat.ChatOptions.from_config(cfg.get("chat"))
+    task.fewshot_as_multiturn, task.chat_system = chat_options.fewshot_as_multiturn, chat_options.system
+    return task
 
 
 def data_spec(cfg: DictConfig) -> DataSpec:
@@ -131,9 +134,9 @@ def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataS
         "world_size": distributed.world_size(),
         "created": output.now_iso(),
     }
-    run_info = getattr(task, "run_info", None)
-    if callable(run_info):
-        record["extra"] = run_info()
+    info = task.run_info()
+    if info is not None:
+        record["extra"] = info
     return record
 
 
@@ -170,7 +173,7 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
     result = evaluate(task, docs, backend, cache=cache, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
     if not distributed.is_main():
         return None
-    requests = [r for d in docs for r in task.requests(d)]
+    requests = [r for d in docs for r in task.requests_for(d)]
     if isinstance(backend, chat.ChatBackend):  # the prompts as the model saw them
         requests = chat.render_requests(requests, backend.template, backend.options)
     prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text for r in requests)
@@ -178,9 +181,9 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
     out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name)).absolute()
     out.mkdir(parents=True, exist_ok=True)
     output.write_samples(out / "samples.jsonl", result.samples)
-    write_artifacts = getattr(task, "write_artifacts", None)
-    if callable(write_artifacts):
-        record.setdefault("artifacts", [str(p.name) for p in write_artifacts(out, record)])
+    artifacts = task.write_artifacts(out, record)
+    if artifacts:
+        record.setdefault("artifacts", [str(p.name) for p in artifacts])
     output.write_json(out / "results.json", record)
     (out / "table.md").write_text(output.run_table_markdown(record), encoding="utf-8")
     limited = f", limit={cfg.limit}" if cfg.get("limit") is not None else ""

@@ -42,6 +42,8 @@ class Choice:
 
     context: str
     continuations: tuple[str, ...]
+    # a chat request: (role, content) turns rendered into `context` by the runner (see Generate)
+    messages: tuple[tuple[str, str], ...] = ()
     kind: ClassVar[str] = "choice"
 
 

@@ -109,10 +109,8 @@ def evaluate(task: Task, docs: Sequence[Doc], backend: Backend, *, cache: Answer
     Under torchrun only rank 0 scores (scoring may execute code in the sandbox); other ranks
     return an EvalResult with no samples.
     """
-    per_doc = [list(task.requests(doc)) for doc in docs]
-    bind = getattr(backend, "bind_documents", None)
-    if bind is not None:
-        bind({doc.doc_id: reqs for doc, reqs in zip(docs, per_doc)})
+    per_doc = [list(task.requests_for(doc)) for doc in docs]
+    backend.bind_documents({doc.doc_id: reqs for doc, reqs in zip(docs, per_doc)})
     flat = [r for reqs in per_doc for r in reqs]
     responses, stats = answer_requests(flat, backend, cache=cache, batch_size=batch_size, progress=progress)
     if not distributed.is_main():
@@ -123,13 +121,9 @@ def evaluate(task: Task, docs: Sequence[Doc], backend: Backend, *, cache: Answer
     for reqs in per_doc:
         grouped.append(responses[offset:offset + len(reqs)])
         offset += len(reqs)
-    score_many = getattr(task, "score_many", None)
-    if callable(score_many):  # a task that scores documents together (code runs in parallel)
-        samples = list(score_many(docs, grouped))
-        if len(samples) != len(docs):
-            raise RuntimeError(f"task {task.name}: score_many returned {len(samples)} samples for {len(docs)} documents")
-    else:
-        samples = [task.score(doc, answers) for doc, answers in zip(docs, grouped)]
+    samples = list(task.score_many(docs, grouped))  # default: task.score per document
+    if len(samples) != len(docs):
+        raise RuntimeError(f"task {task.name}: score_many returned {len(samples)} samples for {len(docs)} documents")
     metrics = task.aggregate(samples)
     stats["scoring_seconds"] = time.perf_counter() - score_start
     return EvalResult(samples, metrics, int(stats["requests_total"]), int(stats["requests_cached"]), stats)

@@ -7,9 +7,11 @@ prompt), `score` (answer extraction), `aggregate` (the metric). Tasks never see 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
+from qwen_eval.errors import UserError
 from qwen_eval.requests import Request, Response
 
 
@@ -65,6 +67,40 @@ class Sample:
         }
 
 
+@dataclass(frozen=True)
+class FewShot:
+    """A k-shot prompt in its parts, the way lm-eval models one. As plain text it is
+    `description`, then each shot's question + target_delimiter + answer + shot_delimiter, then
+    `question`: byte for byte the task's own prompt. As chat turns (`chat.fewshot_as_multiturn`)
+    the description is a system turn, each shot a user turn and an assistant turn, and the
+    question the last user turn; the delimiters go, as lm-eval's `--fewshot_as_multiturn` drops them."""
+
+    description: str
+    shots: tuple[tuple[str, str], ...]
+    question: str
+    target_delimiter: str = " "
+    shot_delimiter: str = "\n\n"
+
+    def text(self) -> str:
+        return self.description + "".join(q + self.target_delimiter + a + self.shot_delimiter
+                                          for q, a in self.shots) + self.question
+
+    def messages(self, system: str | None = None) -> tuple[tuple[str, str], ...]:
+        """The chat turns; `system` (chat.system) and the description share one system turn,
+        joined by the shot delimiter unless one of them already has whitespace at the join."""
+        head = _joined(system, self.description, self.shot_delimiter)
+        turns = [("system", head)] if head else []
+        for q, a in self.shots:
+            turns += [("user", q), ("assistant", a)]
+        return tuple(turns + [("user", self.question)])
+
+
+def _joined(first: str | None, second: str | None, delimiter: str) -> str:
+    if not first or not second:
+        return first or second or ""
+    return first + second if first[-1].isspace() or second[0].isspace() else first + delimiter + second
+
+
 class Task(ABC):
     """Base class of every benchmark.
 
@@ -85,6 +121,9 @@ class Task(ABC):
     model_card_column: ClassVar[str | None] = None
     version: ClassVar[str] = "1"
     max_shots: ClassVar[int | None] = None
+    # chat.fewshot_as_multiturn: the shots asked as chat turns (make_task sets it; see requests_for)
+    fewshot_as_multiturn: bool = False
+    chat_system: str | None = None  # chat.system, which shares the system turn with a description
 
     def __init__(self, options: Mapping[str, Any] | None = None, *, shots: int | None = None,
                  protocol: str = "qwen", seed: int = 1234):
@@ -106,6 +145,28 @@ class Task(ABC):
     def requests(self, doc: Doc) -> list[Request]:
         """The requests one document needs (usually one)."""
 
+    def fewshot(self, doc: Doc) -> FewShot | None:
+        """The prompt of `doc` in its parts (None: the task has no k-shot text prompt). Where it
+        is defined, `fewshot(doc).text()` equals the context of `requests(doc)`."""
+        return None
+
+    def requests_for(self, doc: Doc) -> list[Request]:
+        """`requests(doc)` as this run asks them: with `fewshot_as_multiturn`, a request whose
+        context is the k-shot prompt is asked as chat turns instead (the backend renders them)."""
+        requests = self.requests(doc)
+        if not self.fewshot_as_multiturn:
+            return requests
+        parts = self.fewshot(doc)
+        if parts is None:
+            raise UserError(f"chat.fewshot_as_multiturn=true: task {self.name} has no few-shot text prompt to "
+                            f"split into turns; leave chat.fewshot_as_multiturn false for it")
+        text = parts.text()
+        asks = [r.kind != "rolling" and r.context == text for r in requests]
+        if not any(asks):
+            raise RuntimeError(f"task {self.name} {doc.doc_id}: fewshot(doc) does not rebuild the prompt of requests(doc)")
+        turns = parts.messages(self.chat_system)
+        return [replace(r, context="", messages=turns) if ask else r for r, ask in zip(requests, asks)]
+
     @abstractmethod
     def score(self, doc: Doc, responses: Sequence[Response]) -> Sample:
         """Turn the backend's answers to `requests(doc)` into a scored sample."""
@@ -118,3 +179,25 @@ class Task(ABC):
         """Provenance written to results.json: what a reader needs to compare two runs."""
         return {"name": self.name, "version": self.version, "shots": self.shots,
                 "protocol": self.protocol, "options": self.options}
+
+    # -- hooks the harness calls; override what the task needs -------------------------------------
+
+    @property
+    def uses_chat(self) -> bool:
+        """True when the task asks in chat turns (then the backend is wrapped in qwen_eval.chat)."""
+        return False
+
+    def score_many(self, docs: Sequence[Doc], responses_per_doc: Sequence[Sequence[Response]]) -> list[Sample]:
+        """Score every document at once (the runner calls this); default: `score` one by one. A
+        task whose scoring runs in parallel (code in the sandbox) overrides it."""
+        return [self.score(doc, responses) for doc, responses in zip(docs, responses_per_doc)]
+
+    def run_info(self) -> dict[str, Any] | None:
+        """Facts about how the run was scored (e.g. the sandbox's protections), written to
+        results.json as `extra`; None (the default) writes nothing."""
+        return None
+
+    def write_artifacts(self, out_dir: Path, record: Mapping[str, Any]) -> list[Path]:
+        """Extra files for the run folder, given the results record; their names go into
+        results.json as `artifacts` (default: none, and no `artifacts` key)."""
+        return []

@@ -35,7 +35,7 @@ from qwen_eval.data import load_hub_dataset, local_dir, require_file, sample_dir
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, group_by, macro_stderr, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
-from qwen_eval.task import DataSpec, Sample, Task
+from qwen_eval.task import DataSpec, FewShot, Sample, Task
 
 # task -> answer type
 TASKS: dict[str, str] = {
@@ -81,6 +81,9 @@ class BBHDoc:
 
 
 # --- prompts ------------------------------------------------------------------------------------------
+
+
+COT_ANSWER = "\nA: Let's think step by step."  # ends every question of the CoT prompts
 
 
 def read_cot_prompt(path: Path) -> str:
@@ -208,7 +211,20 @@ class BBH(Task):
     def prompt(self, doc: BBHDoc) -> str:
         if doc.task not in self.cot_prompts:  # documents made without `load`: the package's prompts
             self.cot_prompts[doc.task] = read_cot_prompt(sample_dir(self.name) / "cot-prompts" / f"{doc.task}.txt")
-        return self.cot_prompts[doc.task] + f"\n\nQ: {doc.input}\nA: Let's think step by step."
+        return self.cot_prompts[doc.task] + f"\n\nQ: {doc.input}{COT_ANSWER}"
+
+    def fewshot(self, doc: BBHDoc) -> FewShot:
+        """The CoT prompt file split at its questions: the task description, then each worked
+        example as "Q: ...\\nA: Let's think step by step." and its reasoning."""
+        self.prompt(doc)  # reads the task's prompt file
+        description, *examples = self.cot_prompts[doc.task].split("\n\nQ: ")
+        pairs = [e.partition(COT_ANSWER)[::2] for e in examples]
+        delimiters = {a[:1] for _, a in pairs}  # "\n", or " " in sports_understanding
+        if len(delimiters) != 1 or not delimiters <= {"\n", " "}:
+            raise UserError(f"BBH {doc.task}: its CoT prompt's examples do not each read "
+                            f"'Q: ...{COT_ANSWER!r} <reasoning>'; restore the cot-prompts file")
+        shots = tuple(("Q: " + q + COT_ANSWER, a[1:]) for q, a in pairs)
+        return FewShot(description + "\n\n", shots, f"Q: {doc.input}{COT_ANSWER}", target_delimiter=delimiters.pop())
 
     def requests(self, doc: BBHDoc) -> list[Generate]:
         return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]

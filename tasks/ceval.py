@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from qwen_eval.task import Sample
+from qwen_eval.task import FewShot, Sample
 from qwen_eval.tasks.chat_choice import ceval_question, ceval_letter
 from qwen_eval.tasks.multiple_choice import (LETTERS, CsvLayout, MCDoc, MultipleChoiceTask, Question,
                                              add_macro_metric, add_subject_metrics, per_subject_scores)
@@ -120,6 +120,12 @@ class CEval(MultipleChoiceTask):
     def prompt(self, doc: MCDoc) -> str:
         return "".join(format_question(shot, with_answer=True) for shot in doc.shots) + \
             format_question(doc.question, with_answer=False)
+
+    def fewshot(self, doc: MCDoc) -> FewShot | None:
+        if self.prompt_style != "base":
+            return None
+        return FewShot("", tuple((format_question(s, with_answer=False), s.answer) for s in doc.shots),
+                       format_question(doc.question, with_answer=False), target_delimiter="")
 
     def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
         scores = per_subject_scores(samples)

@@ -27,6 +27,9 @@ Answer extraction, two rules, both always reported:
 question alone in one chat turn, greedy up to the end of turn (512 new tokens), no stop strings;
 its qwen score compares the reply's last run of digits with the reference solution's last run of
 digits (both through `eval`, as that script's `is_correct` does); strict is as above.
+`task.prompt=qwen_chat_fewshot` is the same script's `--use-fewshot` mode: its own four worked
+examples (data/gsm8k/qwen_chat_4shot_prompt.txt, each followed by a blank line), then
+"Question: " + question + "\nLet's think step by step", all in the one user turn.
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
-from qwen_eval.task import DataSpec, Sample, Task
+from qwen_eval.task import DataSpec, FewShot, Sample, Task
 
 STOP = ("<|endoftext|>", "\n\n\n", "\n\n", "Question:")
 EXTRACTORS = ("qwen", "strict")
-PROMPT_STYLES = ("base", "qwen_chat")
+COT_TRIGGER = "Let's think step by step"  # ends every question line of the prompt
+PROMPT_STYLES = ("base", "qwen_chat", "qwen_chat_fewshot")
 HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 
 # Qwen's ANS_RE for the reference solution.
@@ -62,6 +66,11 @@ class GSM8KDoc:
 
 def fewshot_prompt() -> str:
     return (sample_dir("gsm8k") / "qwen_8shot_prompt.txt").read_text(encoding="utf-8")
+
+
+def chat_fewshot_prompt() -> str:
+    """The four worked examples of Qwen's chat script (--use-fewshot), each ending in a blank line."""
+    return (sample_dir("gsm8k") / "qwen_chat_4shot_prompt.txt").read_text(encoding="utf-8")
 
 
 def exemplars() -> list[str]:
@@ -155,7 +164,9 @@ class GSM8K(Task):
             raise UserError(f"task.prompt={self.prompt_style!r} is not a prompt style; valid: {', '.join(PROMPT_STYLES)}")
         if self.prompt_style == "qwen_chat":
             self.shots = 0  # the chat protocol asks the question alone
-        shots = exemplars()[:self.shots]
+        elif self.prompt_style == "qwen_chat_fewshot":
+            self.shots = 4  # the script's own four examples, whatever shots says
+        shots = exemplars()[:self.shots] if self.prompt_style == "base" else []
         # shots=8 is the file byte for byte (it ends in "\n"); fewer keep the first k examples.
         self.prefix = "\n\n".join(shots) + "\n" if shots else ""
 
@@ -184,17 +195,26 @@ class GSM8K(Task):
 
     @property
     def uses_chat(self) -> bool:
-        return self.prompt_style == "qwen_chat"
+        return self.prompt_style != "base"
 
     def prompt(self, doc: GSM8KDoc) -> str:
         if self.prompt_style == "qwen_chat":
             return doc.question
-        text = self.prefix + "\nQuestion: " + doc.question + "\nLet's think step by step\n"
+        if self.prompt_style == "qwen_chat_fewshot":
+            return chat_fewshot_prompt() + "Question: " + doc.question + "\n" + COT_TRIGGER
+        text = self.prefix + "\nQuestion: " + doc.question + "\n" + COT_TRIGGER + "\n"
         return text if self.prefix else text[1:]  # zero-shot: no blank line before the question
 
+    def fewshot(self, doc: GSM8KDoc) -> FewShot | None:
+        if self.prompt_style != "base":
+            return None
+        shots = tuple(tuple(e.split("\n" + COT_TRIGGER + "\n", 1)) for e in exemplars()[:self.shots])
+        return FewShot("", tuple((q + "\n" + COT_TRIGGER, a) for q, a in shots),
+                       "Question: " + doc.question + "\n" + COT_TRIGGER + "\n", target_delimiter="\n")
+
     def requests(self, doc: GSM8KDoc) -> list[Generate]:
-        if self.prompt_style == "qwen_chat":
-            return [Generate("", messages=(("user", doc.question),), max_new_tokens=self.max_new_tokens)]
+        if self.prompt_style != "base":
+            return [Generate("", messages=(("user", self.prompt(doc)),), max_new_tokens=self.max_new_tokens)]
         return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]
 
     # --- scoring ---
@@ -205,7 +225,7 @@ class GSM8K(Task):
         completion = result.texts[0]
         gold = Fraction(doc.gold)
         qwen, strict = extract_qwen(completion), extract_strict(completion)
-        qwen_gold = extract_qwen(doc.answer) if self.prompt_style == "qwen_chat" else gold
+        qwen_gold = gold if self.prompt_style == "base" else extract_qwen(doc.answer)
         scores = {"qwen": float(qwen is not None and qwen == qwen_gold),
                   "strict": float(strict is not None and strict == gold)}
         predictions = {"qwen": format_number(qwen), "strict": format_number(strict)}

@@ -41,7 +41,7 @@ from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, group_by, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
-from qwen_eval.task import DataSpec, Sample, Task
+from qwen_eval.task import DataSpec, FewShot, Sample, Task
 from qwen_eval.tasks.math_grading import EquivalenceChecker, extract_answer, gold_answer, normalize_final_answer
 
 # The `type` field -> the upstream folder name (also the hub config name).
@@ -196,6 +196,10 @@ class MATH(Task):
 
     def prompt(self, doc: MathDoc) -> str:
         return self.prefix + format_example(doc.problem)
+
+    def fewshot(self, doc: MathDoc) -> FewShot:
+        return FewShot("", tuple((format_example(e["problem"]), e["solution"]) for e in minerva_examples()[:self.shots]),
+                       format_example(doc.problem), target_delimiter="\n")
 
     def requests(self, doc: MathDoc) -> list[Generate]:
         return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]

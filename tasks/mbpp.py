@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file, sample_dir
 from qwen_eval.errors import UserError
-from qwen_eval.task import DataSpec
+from qwen_eval.task import DataSpec, FewShot
 from qwen_eval.tasks.code_eval import CodeTask, require_fields
 
 STOP = ("[DONE]",)
@@ -117,6 +117,12 @@ class MBPP(CodeTask):
             raise RuntimeError("MBPP.prompt needs the shots: call load() first")
         shots = [format_example(d, solved=True) for d in self.shot_docs[:self.shots]]
         return "\n\n".join(shots + [format_example(doc, solved=False)])
+
+    def fewshot(self, doc: MBPPDoc) -> FewShot:
+        if self.shot_docs is None:
+            raise RuntimeError("MBPP.fewshot needs the shots: call load() first")
+        return FewShot("", tuple((format_example(d, solved=False), d.code + "\n[DONE]") for d in self.shot_docs[:self.shots]),
+                       format_example(doc, solved=False), target_delimiter="")
 
     def tests(self, doc: MBPPDoc) -> list[str]:
         return list(doc.test_list) + (list(doc.challenge_test_list) if self.options["challenge_tests"] else [])

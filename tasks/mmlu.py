@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, mean_stderr
-from qwen_eval.task import Sample
+from qwen_eval.task import FewShot, Sample
 from qwen_eval.tasks.chat_choice import mmlu_question, mmlu_letter
 from qwen_eval.tasks.multiple_choice import (LETTERS, CsvLayout, MCDoc, MultipleChoiceTask, Question,
                                              add_subject_metrics, per_subject_scores)
@@ -137,6 +137,13 @@ class MMLU(MultipleChoiceTask):
         header = f"The following are multiple choice questions (with answers) about {doc.subject.replace('_', ' ')}.\n\n"
         shots = "".join(format_question(shot, with_answer=True) for shot in doc.shots)
         return header + shots + format_question(doc.question, with_answer=False)
+
+    def fewshot(self, doc: MCDoc) -> FewShot | None:
+        if self.prompt_style != "base":
+            return None
+        return FewShot(f"The following are multiple choice questions (with answers) about {doc.subject.replace('_', ' ')}.\n\n",
+                       tuple((format_question(s, with_answer=False), s.answer) for s in doc.shots),
+                       format_question(doc.question, with_answer=False), target_delimiter=" ")
 
     def hub_records(self, rows: list[dict[str, Any]], origin: str) -> list[Mapping[str, Any]]:
         """cais/mmlu rows {question, subject, choices: [4], answer: 0-3} in the CSV's columns."""
