@@ -8,6 +8,8 @@ is an edge to that module.
 - No import cycle among the package's modules, counting every import: module level and the
   imports inside functions alike (a lazy import still means the two modules depend on each other).
 - No module under model/ imports qwen_eval.backends (the model sits below the backends).
+- No hook is looked up with `getattr(obj, "<hook>"...)`: hooks are declared methods of the
+  Task and Backend base classes (qwen_eval/task.py, qwen_eval/backends/base.py).
 
 The layering rule itself is written down in docs/architecture.md.
 """
@@ -22,6 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"qwen_eval": REPO / "qwen_eval", "qwen_eval.tasks": REPO / "tasks", "qwen_eval.model": REPO / "model",
          "qwen_eval.conf": REPO / "conf"}
+# the hooks of qwen_eval/task.py and qwen_eval/backends/base.py
+HOOKS = ("score_many", "run_info", "write_artifacts", "bind_documents", "uses_chat", "chat_template",
+         "checkpoint_format", "special_tokens", "tokenizer", "engine")
 
 
 def package_modules() -> dict[str, Path]:
@@ -133,3 +138,48 @@ def test_the_cycle_finder_finds_a_cycle():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("qwen_eval.model")))
 def test_the_model_never_imports_the_backends(module):
     assert not [t for t in GRAPH[module] if t == "qwen_eval.backends" or t.startswith("qwen_eval.backends.")]
+
+
+def _getattr_hooks(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [f"{path.name}:{node.lineno} getattr(..., {node.args[1].value!r})" for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+            and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value in HOOKS]
+
+
+def test_hooks_are_declared_methods_not_getattr_lookups():
+    assert [hit for path in MODULES.values() for hit in _getattr_hooks(path)] == []
+
+
+def test_a_minimal_task_and_backend_get_every_hooks_default():
+    from qwen_eval.backends import Backend
+    from qwen_eval.requests import GenerateResult
+    from qwen_eval.task import Sample, Task
+
+    class Minimal(Task):
+        name = "minimal"
+
+        def load(self, data, limit=None):
+            return []
+
+        def requests(self, doc):
+            return []
+
+        def score(self, doc, responses):
+            return Sample(doc, "", None, responses[0].texts[0], None, 1.0)
+
+        def aggregate(self, samples):
+            return {}
+
+    task = Minimal()
+    assert task.uses_chat is False and task.run_info() is None and task.write_artifacts(REPO, {}) == []
+    assert [s.response for s in task.score_many(["a", "b"], [[GenerateResult(("x",))], [GenerateResult(("y",))]])] == ["x", "y"]
+
+    class Bare(Backend):
+        name, fingerprint, max_length = "bare", "bare-fp", 8
+
+    bare = Bare()
+    assert bare.bind_documents({"d": []}) is None and bare.chat_template is None and bare.checkpoint_format is None
+    assert bare.special_tokens() == {"bos_token": None, "eos_token": None} and bare.tokens_processed == 0
+    with pytest.raises(Exception, match="backend bare cannot answer Generate requests"):
+        bare.generate([])

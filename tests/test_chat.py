@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import read_results, read_samples, run_cli
+from qwen_eval.backends import Backend
 from qwen_eval.chat import (QWEN1_CHATML, ChatBackend, ChatOptions, ChatTemplate, checkpoint_template,
                             render_requests, resolve_template)
 from qwen_eval.errors import UserError
@@ -136,7 +137,7 @@ def test_qwen_chat_body_extraction(reply, body):
 # The wrapper: rendered before the inner backend, kept apart in the cache, recorded
 
 
-class Recorder:
+class Recorder(Backend):
     name, fingerprint, max_length, tokens_processed, path = "rec", "base-fp", 2048, 0, None
     checkpoint_format = "qwen"
 

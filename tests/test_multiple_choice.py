@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_eval.backends import unsupported
+from qwen_eval.backends import Backend, unsupported
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Choice, ChoiceResult
 from qwen_eval.runner import evaluate
@@ -235,7 +235,7 @@ def test_softmax_over_the_four_logprobs_and_first_of_ties_wins():
     assert sample.prediction == "B"
 
 
-class ConstantChoiceBackend:
+class ConstantChoiceBackend(Backend):
     """Answers every Choice with the same log-probabilities: it always prefers one letter."""
 
     name = "constant"
