@@ -41,3 +41,10 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own answer cache, never the user's ~/.cache."""
     monkeypatch.setenv("QWEN_EVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def pytest_collection_modifyitems(items):
+    """tests/test_resume.py (kept exactly as it is) kills and reruns the command: slow."""
+    for item in items:
+        if item.path.name == "test_resume.py":
+            item.add_marker(pytest.mark.slow)

@@ -284,6 +284,7 @@ def test_the_development_copy_has_fourteen_documents(shared_data):
 # --- end to end: results.json, the table and the plot --------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_run_writes_every_cell_the_table_and_the_plot(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     proc = run_cli("task=arxiv_ppl", "model=tiny", f"data.path={FIXTURES}", "task.lengths=[8,16,32]",

@@ -141,6 +141,7 @@ def test_oracle_replay_through_the_runner(shared_data):
     print(f"bbh replay oracle: {time.perf_counter() - start:.2f}s")
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=bbh", "model=tiny", f"data.path={shared_data / 'bbh'}", "limit=1", "task.max_new_tokens=4",

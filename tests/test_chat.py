@@ -201,6 +201,7 @@ def test_checkpoint_templates_are_found(tmp_path):
     assert checkpoint_template(tmp_path) == "{{ 'y' }}"  # transformers 5 prefers the .jinja file
 
 
+@pytest.mark.slow
 def test_cli_chat_runs_record_the_template_and_never_share_cache(tmp_path):
     common = ["task=humaneval", "model=tiny", "limit=2", "task.max_new_tokens=4", "progress=false",
               f"cache_dir={tmp_path / 'cache'}"]

@@ -12,6 +12,8 @@ import pytest
 
 from cli_helpers import read_results, read_samples, run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses: the command, servers, ranks or sandboxed programs
+
 REQUIRED_KEYS = {"task", "task_version", "shots", "protocol", "model", "metrics", "headline", "model_card_column",
                  "n_samples", "requests", "data", "prompt_fingerprint", "config", "versions", "git_commit", "timing",
                  "created"}

@@ -80,6 +80,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*_script(), *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_real_drop_fails_and_lists_the_flipped_documents(runs):
     proc = _run(str(runs["baseline"]), str(runs["drop"] / "results.json"))
     assert proc.returncode == 1, proc.stderr
@@ -103,6 +104,7 @@ def test_a_real_drop_fails_and_lists_the_flipped_documents(runs):
     assert task["flips"]["mcnemar_p"] == pytest.approx(2 / 2 ** 30)
 
 
+@pytest.mark.slow
 def test_a_drop_within_noise_passes(runs):
     proc = _run(str(runs["baseline"]), str(runs["noise"]))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -203,6 +205,7 @@ def test_suite_folders_compare_every_common_task_and_warn_on_different_data(tmp_
     assert report["regressed"] is False
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(tmp_path, runs):
     missing = _run(str(tmp_path / "nope.json"), str(runs["noise"]))
     assert missing.returncode == 2 and missing.stdout == ""

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import read_results, read_samples, run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses: the command, servers, ranks or sandboxed programs
+
 ARGS = ["task=mmlu", "model=tiny", "data.source=sample", "progress=false"]
 ENV = {"OMP_NUM_THREADS": "1",  # two ranks on a two-core machine
        "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks and gloo, on a GPU machine too

@@ -131,6 +131,7 @@ def test_qwen_chat_fewshot_is_the_scripts_use_fewshot_prompt():
     assert rendered.stop == ("<|im_end|>",) and rendered.context.endswith("step by step<|im_end|>\n<|im_start|>assistant\n")
 
 
+@pytest.mark.slow
 def test_cli_multiturn_run_is_recorded_and_kept_apart(tmp_path):
     common = ["task=mmlu", "model=tiny", "limit=1", "shots=2", "progress=false",
               f"data.path={MC / 'mmlu'}", f"cache_dir={tmp_path / 'cache'}", "chat.enabled=true"]

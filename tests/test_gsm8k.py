@@ -119,6 +119,7 @@ def test_oracle_replay_of_the_real_test_set(shared_data):
     print(f"gsm8k oracle: {time.perf_counter() - start:.2f}s")
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=gsm8k", "model=tiny", f"data.path={shared_data / 'gsm8k'}", "limit=2", "task.max_new_tokens=8",

@@ -205,6 +205,7 @@ def canonical_jsonl(tmp_path_factory) -> Path:
     return write_jsonl(path, [{"doc_id": d.doc_id, "completion": d.canonical_solution} for d in docs])
 
 
+@pytest.mark.slow
 def test_oracle_canonical_solutions_pass_all_164_under_the_standard_stops(canonical_jsonl):
     task = HumanEval({"stop": "standard"})
     docs = task.load(DataSpec())
@@ -215,6 +216,7 @@ def test_oracle_canonical_solutions_pass_all_164_under_the_standard_stops(canoni
     assert all(s.response == d.canonical_solution for s, d in zip(result.samples, docs))  # nothing was cut
 
 
+@pytest.mark.slow
 def test_oracle_under_qwens_stops_37_blank_lines_cut(canonical_jsonl):
     task = HumanEval({"stop": "qwen"})
     docs = task.load(DataSpec())
@@ -232,6 +234,7 @@ def test_oracle_under_qwens_stops_37_blank_lines_cut(canonical_jsonl):
 
 # --- CLI -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("task=humaneval", "model=tiny", "limit=3", "task.max_new_tokens=16", "task.sandbox.timeout=5",
@@ -247,6 +250,7 @@ def test_cli_end_to_end(tmp_path):
     assert samples[0]["outcome"]["status"] in ("failed", "timeout") and samples[0]["prediction"] == samples[0]["outcome"]["status"]
 
 
+@pytest.mark.slow
 def test_cli_bad_option_is_one_line(tmp_path):
     proc = run_cli("task=humaneval", "model=tiny", "task.stop=nope", "progress=false", cwd=tmp_path)
     assert proc.returncode == 2 and "task.stop='nope' is not a stop set" in proc.stderr

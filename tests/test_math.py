@@ -242,6 +242,7 @@ def test_math500_needs_the_full_test_set():
     task.checker.close()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=math", "model=tiny", f"data.path={shared_data / 'math'}", "limit=2", "task.max_new_tokens=8",

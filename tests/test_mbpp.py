@@ -18,7 +18,7 @@ from qwen_eval.task import DataSpec
 from qwen_eval.tasks import mbpp
 from qwen_eval.tasks.mbpp import MBPP
 
-# The prompt for test task 11 (tasks.md: three shots, tasks 2, 3, 4, the query ending at "[BEGIN]\n").
+# The prompt for test task 11 (docs/protocols.md: three shots, tasks 2, 3, 4, the query ending at "[BEGIN]\n").
 # MBPP's reference code has CRLF line endings; the prompt keeps them.
 GOLDEN_PROMPT_11 = (
     "You are an expert Python programmer, and here is your task: Write a function to find the similar elements "
@@ -204,8 +204,9 @@ def test_bad_rows_are_one_line_naming_file_and_row(tmp_path, shared_data, change
 
 # --- oracle replay -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_oracle_reference_code_on_tasks_11_to_510(shared_data, tmp_path):
-    """The references pass 499 of 500. Task 367 cannot pass under tasks.md's order (setup code first):
+    """The references pass 499 of 500. Task 367 cannot pass under the protocol's order (setup code first):
     its setup builds trees with the Node class that its solution defines, so the setup raises NameError."""
     task = MBPP()
     docs = task.load(DataSpec("local", str(shared_data / "mbpp")))
@@ -220,6 +221,7 @@ def test_oracle_reference_code_on_tasks_11_to_510(shared_data, tmp_path):
 
 # --- CLI -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=mbpp", "model=tiny", f"data.path={shared_data / 'mbpp'}", "limit=2", "task.max_new_tokens=16",

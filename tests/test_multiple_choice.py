@@ -206,6 +206,7 @@ def test_hub_row_that_is_not_four_choices_is_named(monkeypatch):
     assert "cais/mmlu/anatomy split test" in message and "row 0" in message
 
 
+@pytest.mark.slow
 def test_offline_without_cache_says_how_to_use_a_local_copy(tmp_path):
     script = ("from qwen_eval.task import DataSpec\n"
               "from qwen_eval.registry import task_class\n"

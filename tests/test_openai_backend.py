@@ -114,6 +114,7 @@ def test_a_400_surfaces_as_one_line(remote):
     assert "HTTP 400" in message and "maximum context length is 2048" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_end_to_end_run_matches_the_bundled_model(server, tmp_path):
     common = ["task=mmlu", "shots=1", "data.source=sample", "limit=1", "progress=false", f"cache_dir={tmp_path / 'cache'}"]
     remote_run = run_cli(*common, "model=openai", f"model.base_url={server}/v1", f"output_dir={tmp_path / 'remote'}",

@@ -75,6 +75,7 @@ def test_registry_finds_the_entry_point(plugin_path, monkeypatch):
     assert registry.task_class("echo").__name__ == "EchoTask"
 
 
+@pytest.mark.slow
 def test_cli_runs_a_plugin_task_with_its_default_options(plugin_path, tmp_path):
     completions = tmp_path / "completions.jsonl"
     completions.write_text("".join(json.dumps({"doc_id": f"q{i}", "completion": f" {2 * i}\nignored"}) + "\n"

@@ -18,7 +18,7 @@ from cli_helpers import read_results, read_samples, run_cli
 from qwen_eval import fixtures
 from qwen_eval.requests import Choice, cut_at_stop
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]  # loads the real 491 MB checkpoint
 transformers = pytest.importorskip("transformers")
 
 

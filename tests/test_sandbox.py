@@ -25,6 +25,8 @@ from qwen_eval.metrics import pass_at_k
 from qwen_eval.sandbox import RUNNER_TAG, Limits, Sandbox
 from qwen_eval.tasks.code_eval import pass_ks, sandbox_from_options
 
+pytestmark = pytest.mark.slow  # subprocesses: the command, servers, ranks or sandboxed programs
+
 TIMEOUT = 3.0
 SLACK = 2.5  # the wall limit plus this bounds every run (start, kill, sweep, drain)
 MARKER = "qwen-eval-redteam-7f3a"  # in the command line of every process an attack starts

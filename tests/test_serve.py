@@ -18,6 +18,8 @@ import pytest
 
 from qwen_eval.serve import text_offsets
 
+pytestmark = pytest.mark.slow  # subprocesses: the command, servers, ranks or sandboxed programs
+
 STARTUP_SECONDS = 180
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_module
 
 from cli_helpers import read_results, run_cli
@@ -23,6 +24,7 @@ tasks:
 """
 
 
+@pytest.mark.slow
 def test_a_suite_from_a_user_folder_writes_one_table_beside_the_model_card(tmp_path: Path):
     (tmp_path / "conf" / "suite").mkdir(parents=True)
     (tmp_path / "conf" / "suite" / "quick.yaml").write_text(SUITE, encoding="utf-8")
@@ -50,6 +52,7 @@ def test_a_suite_from_a_user_folder_writes_one_table_beside_the_model_card(tmp_p
         assert (out / f"table{suffix}").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_an_unknown_option_in_a_suite_entry_names_the_task_and_option(tmp_path: Path):
     (tmp_path / "conf" / "suite").mkdir(parents=True)
     (tmp_path / "conf" / "suite" / "bad.yaml").write_text(
@@ -85,6 +88,7 @@ def test_the_embedded_model_has_a_small_generation_budget_of_its_own():
     assert make_task(uncapped.task, uncapped).options["max_new_tokens"] == 1024
 
 
+@pytest.mark.slow
 def test_the_budget_reaches_the_run_and_its_results(tmp_path: Path):
     out = tmp_path / "math"
     proc = run_cli("task=math", "model=tiny", "data.source=sample", "limit=1", f"output_dir={out}", "progress=false",
@@ -104,6 +108,7 @@ tasks:
 """
 
 
+@pytest.mark.slow
 def test_a_suite_stopped_midway_still_writes_the_table_of_what_finished(tmp_path: Path):
     (tmp_path / "conf" / "suite").mkdir(parents=True)
     (tmp_path / "conf" / "suite" / "stopped.yaml").write_text(INTERRUPTED, encoding="utf-8")

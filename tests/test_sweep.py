@@ -15,6 +15,8 @@ import pytest
 from cli_helpers import read_results, run_cli
 from test_tables import _md_rows, _script
 
+pytestmark = pytest.mark.slow  # subprocesses: the command, servers, ranks or sandboxed programs
+
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                     reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]' or '.[test]')")
 

@@ -236,6 +236,7 @@ def _script(name: str, module: str) -> list[str]:
     return [found] if found else [sys.executable, "-m", module]
 
 
+@pytest.mark.slow
 def test_qwen_eval_table_command(runs_dir, tmp_path):
     out = tmp_path / "board"
     proc = subprocess.run([*_script("qwen-eval-table", "qwen_eval.tables"), str(runs_dir / "*"), "-o", str(out),
@@ -279,6 +280,7 @@ def limited(payload: dict, limit: int, n_samples: int) -> dict:
     return payload
 
 
+@pytest.mark.slow
 def test_a_full_run_wins_over_a_newer_partial_one_and_a_partial_cell_says_so(tmp_path):
     full = results("mmlu", "tiny", 0.2667, stderr=0.082, column="MMLU")
     full["n_samples"] = 30
