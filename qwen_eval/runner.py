@@ -1,4 +1,5 @@
-"""Answering a task's requests: dedupe, cache hits, sort, batch, shard over ranks, progress.
+"""Answering a task's requests: sort, batch, shard over ranks, progress; dedupe and the answer
+cache are the CachingBackend wrapped around the backend (qwen_eval/backends/caching.py).
 
     evaluate(task, docs, backend, cache=...)   # requests -> answers -> samples -> metrics
 
@@ -18,8 +19,9 @@ from tqdm.auto import tqdm
 
 from qwen_eval import distributed
 from qwen_eval.backends import Backend
+from qwen_eval.backends.caching import CachingBackend
 from qwen_eval.cache import AnswerCache
-from qwen_eval.requests import Request, Response, request_key, result_from_json, result_to_json
+from qwen_eval.requests import Request, Response, result_from_json, result_to_json
 from qwen_eval.task import Doc, Sample, Task
 
 
@@ -36,14 +38,6 @@ def _sort_text(request: Request) -> str:
     return request.text if request.kind == "rolling" else request.context
 
 
-def _call(backend: Backend, kind: str, batch: list[Request]) -> list[Response]:
-    method = {"choice": backend.choice, "generate": backend.generate, "rolling": backend.rolling}[kind]
-    results = method(batch)
-    if len(results) != len(batch):
-        raise RuntimeError(f"backend {backend.name} returned {len(results)} answers for {len(batch)} {kind} requests")
-    return results
-
-
 def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: AnswerCache | None = None,
                     batch_size: int = 16, progress: bool = False) -> tuple[list[Response], dict[str, float]]:
     """Answers aligned with `requests`, and run statistics (counts, seconds, tokens/s).
@@ -52,12 +46,11 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
     uncached batches and all ranks return the full list.
     """
     start = time.perf_counter()
-    keys = [request_key(r) for r in requests]
-    unique: dict[str, Request] = dict(zip(keys, requests))
-    answers: dict[str, Response] = cache.get_many(backend.fingerprint, list(unique)) if cache else {}
-    n_cached = len(answers)
+    store = CachingBackend(backend, cache)
+    todo = store.load(requests)  # deduplicated, stored answers read: the keys still to compute
+    unique, n_cached = store.requests, store.n_cached
 
-    todo = sorted((k for k in unique if k not in answers), key=lambda k: (unique[k].kind, _sort_text(unique[k])))
+    todo = sorted(todo, key=lambda k: (unique[k].kind, _sort_text(unique[k])))
     # Every rank must split the same list. Each reads the cache at its own moment, and a rank that
     # starts late can see answers another rank has already written: all take rank 0's list.
     todo = distributed.broadcast(todo)
@@ -71,35 +64,27 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
     to_compute = sum(len(b) for _, b in batches)  # a bar only for real work: none when all is cached
     bar = tqdm(total=sum(len(b) for _, b in my_batches), desc=f"{backend.name}", unit="req",
                disable=not progress or not distributed.is_main() or to_compute == 0, dynamic_ncols=True)
-    computed: dict[str, Response] = {}
+    answer = {"choice": store.choice, "generate": store.generate, "rolling": store.rolling}
     for kind, batch_keys in my_batches:
-        results = _call(backend, kind, [unique[k] for k in batch_keys])
-        fresh = dict(zip(batch_keys, results))
-        if cache:
-            cache.put_many(backend.fingerprint, [(k, kind, r) for k, r in fresh.items()])
-        computed.update(fresh)
+        answer[kind]([unique[k] for k in batch_keys])  # computed, committed to the cache, kept in store
         bar.update(len(batch_keys))
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(tok_s=f"{(backend.tokens_processed - tokens_before) / elapsed:.0f}", refresh=False)
     bar.close()
 
     if distributed.world_size() > 1:
-        shared = {k: (unique[k].kind, result_to_json(r)) for k, r in computed.items()}
+        shared = {k: (unique[k].kind, result_to_json(r)) for k, r in store.computed.items()}
         for part in distributed.all_gather(shared):
-            for k, (kind, text) in part.items():
-                answers[k] = result_from_json(kind, text)
-        missing = [k for k in unique if k not in answers]
-        if missing and cache:  # cached when rank 0 read the cache, not yet when this rank did
-            answers.update(cache.get_many(backend.fingerprint, missing))
-    else:
-        answers.update(computed)
+            store.add({k: result_from_json(kind, text) for k, (kind, text) in part.items()})
+        # cached when rank 0 read the cache, not yet when this rank did
+        store.reread([k for k in unique if k not in store.answers])
 
     seconds = time.perf_counter() - start
     tokens = backend.tokens_processed - tokens_before
     stats = {"requests_total": len(unique), "requests_cached": n_cached, "answer_seconds": seconds,
              "tokens": tokens, "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
              "requests_per_second": (len(unique) - n_cached) / seconds if seconds > 0 else 0.0}
-    return [answers[k] for k in keys], stats
+    return store.answers_for(requests), stats
 
 
 def evaluate(task: Task, docs: Sequence[Doc], backend: Backend, *, cache: AnswerCache | None = None,
