@@ -107,7 +107,7 @@ class Bench:
         model = model.to(dtype=self.dtype).to_empty(device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
         out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-        with torch.no_grad():  # Qwen's initialisation (spec section 3), drawn on the device
+        with torch.no_grad():  # Qwen's initialisation (docs/model.md), drawn on the device
             for name, p in model.named_parameters():
                 if name.endswith("norm.weight"):
                     p.fill_(1.0)

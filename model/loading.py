@@ -157,7 +157,7 @@ def _qwen1_config(raw: dict[str, Any], where: Path) -> QwenConfig:
         use_dynamic_ntk=bool(_key(raw, where, "use_dynamic_ntk", default=True)),
         use_logn_attn=bool(_key(raw, where, "use_logn_attn", default=True)),
         tie_word_embeddings=bool(_key(raw, where, "tie_word_embeddings", default=False)),
-        qkv_bias=True,  # c_attn always has a bias (spec quirk Q7)
+        qkv_bias=True,  # c_attn always has a bias (docs/model.md, quirk Q7)
     )
 
 

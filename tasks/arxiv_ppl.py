@@ -17,7 +17,7 @@ Data: long documents, plain text or LaTeX.
     and AsciiDoc texts, NOT arXiv papers: their numbers are not comparable with the model card's.
   Documents are taken in sorted doc_id order; `limit` keeps the first N.
 
-Protocol (shared/design/tasks.md): for each length L in `task.lengths` and each document with at
+Protocol (docs/protocols.md): for each length L in `task.lengths` and each document with at
 least L tokens, the loss of the document's first L tokens in ONE forward pass (window = L, so
 the first token is context only and L - 1 tokens are scored); PPL at L = exp(total NLL / total
 scored tokens) over all those documents. A document shorter than L is skipped at L and counted.

@@ -1,7 +1,7 @@
 """Grading MATH answers: Minerva's answer extraction and normalisation, and a time-bounded check
 of mathematical equivalence.
 
-Extraction (tasks.md, MATH): the text after the last `The final answer is` up to `. I hope it is
+Extraction (docs/protocols.md, MATH): the text after the last `The final answer is` up to `. I hope it is
 correct.` (Minerva's closing sentence), else the content of the last `\\boxed{}`. The gold answer is the
 content of the last `\\boxed{}` of the reference solution.
 

@@ -13,8 +13,8 @@ ending at "[BEGIN]\\n". `code` is as in the data: MBPP's solutions use CRLF line
 prompt keeps them. Greedy, at most 512 new tokens, stop at `[DONE]`.
 
 Check: program = test_setup_code + "\\n" + completion + "\\n" + the three asserts (and the challenge
-asserts with `task.challenge_tests=true`), one per line, run in qwen_eval.sandbox. As tasks.md
-specifies, the setup code comes first: task 367's setup builds a tree with the `Node` class its
+asserts with `task.challenge_tests=true`), one per line, run in qwen_eval.sandbox. As the protocol
+says (docs/protocols.md), the setup code comes first: task 367's setup builds a tree with the `Node` class its
 solution defines, so no completion can pass 367 under this order. pass@k as in tasks/code_eval.py.
 """
 

@@ -1,5 +1,5 @@
-"""Long context (spec sections 8-10): the dynamic-NTK alpha table, LogN factors, window attention,
-and the model against a plain reference written from the spec's formulas."""
+"""Long context (docs/model.md: dynamic NTK, LogN, window attention): the dynamic-NTK alpha table, LogN
+factors, window attention, and the model against a plain reference written from those formulas."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ OFF = LongContextOptions(use_dynamic_ntk=False, use_logn_attn=False, window_attn
 ON = LongContextOptions(use_dynamic_ntk=True, use_logn_attn=True, window_attn=False)
 
 
-# --- spec section 8: the alpha table and the rescaled base --------------------------------------
+# --- dynamic NTK (docs/model.md): the alpha table and the rescaled base --------------------------
 
 @pytest.mark.parametrize("n, alpha", [(1, 1), (2047, 1), (2048, 1), (2049, 3), (4096, 3), (4097, 7), (8192, 7),
                                       (8193, 15), (16384, 15), (16385, 31), (32768, 31), (32769, 63)])
@@ -57,7 +57,7 @@ def test_rope_uses_the_ntk_base(alpha, base):
     assert torch.equal(cos[0, 0], torch.ones(128)) and torch.equal(sin[0, 0], torch.zeros(128))
 
 
-# --- spec section 9: LogN -----------------------------------------------------------------------
+# --- LogN (docs/model.md) ----------------------------------------------------------------------
 
 def test_logn_factors_examples():
     positions = torch.tensor([[0, 1000, 2047, 2048, 4095, 8191, 16383]])
@@ -130,11 +130,11 @@ def test_window_at_least_the_length_is_full_attention(model):
     assert max_abs_diff(cached[(8, 16)], full) > 1e-4
 
 
-# --- a plain reference from the spec's formulas -------------------------------------------------
+# --- a plain reference from the formulas of docs/model.md ---------------------------------------
 
 def reference_logits(model, ids: list[int], *, ntk: bool, logn: bool, windows=None,
                      alpha: int | None = None) -> torch.Tensor:
-    """Qwen's forward written out from spec sections 2-9 with explicit per-query softmax loops.
+    """Qwen's forward written out from docs/model.md (forward pass to LogN) with explicit per-query softmax loops.
 
     alpha: NTK factor to use (default: from the length, section 8); windows: per-layer sizes.
     """

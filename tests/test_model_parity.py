@@ -1,4 +1,4 @@
-"""Parity with transformers' Qwen2ForCausalLM on the same random weights (spec section 11).
+"""Parity with transformers' Qwen2ForCausalLM on the same random weights (docs/model.md, Checkpoint weights).
 
 Tiny configs with the real Qwen vocabulary (151,936 embedding rows) and the real tokenizer (the
 Qwen2-style tokenizer.json rebuilt from qwen.tiktoken), fp32 on CPU. Within seq_length, Qwen-1
