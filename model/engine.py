@@ -5,7 +5,7 @@ Where the speed comes from:
     only the scored positions go through lm_head, in one call for the whole batch;
   * rows that share a prompt prefix (a subject's 5 shots, GSM8K's 8 shots) are grouped; the
     prefix is computed once, held once for the group (attention reads it by reference, see
-    model.KVCache.load_prefix) and kept for the next batch that starts the same way;
+    model.attention.KVCache.load_prefix) and kept for the next batch that starts the same way;
   * right-padded batches ordered by length, sized by a token budget, split where padding would
     dominate;
   * batched greedy/sampled decoding over a preallocated KV cache; rows leave when they stop.
@@ -59,6 +59,17 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
             i += 1
         n = i
     return n
+
+
+def _fill_holes(keep: list[int]) -> list[int]:
+    """The surviving rows (ascending) in an order that moves the fewest cache rows: each keeps its
+    place when it is among the first len(keep), and the later ones fill the places left free."""
+    n, survivors = len(keep), set(keep)
+    order = [p if p in survivors else -1 for p in range(n)]
+    holes = [p for p in range(n) if p not in survivors]
+    for hole, row in zip(holes, [p for p in keep if p >= n]):
+        order[hole] = row
+    return order
 
 
 class Engine:
@@ -356,7 +367,8 @@ class Engine:
             if not keep:
                 break
             if len(keep) < len(active):
-                cache.keep_rows(torch.tensor(keep, device=self.device))
+                keep = _fill_holes(keep)  # survivors keep their cache rows; only the last ones move
+                cache.keep_rows(keep)
                 active = [active[p] for p in keep]
                 chosen = [chosen[p] for p in keep]
             step = torch.tensor(chosen, device=self.device)[:, None]

@@ -15,8 +15,9 @@ Long context, as Qwen does it, each a switch:
 Positions are each token's true index in its own sequence. Batches are right-padded and the KV
 cache keeps one length per row, so a row's numbers never depend on what it is batched with.
 (The reference uses padded indices for left-padded batches — quirk Q1 — which only changes
-LogN beyond seq_length in padded batches.) No dense L x L mask is ever built: unmasked causal
-attention uses SDPA's `is_causal`, and masked attention runs over blocks of queries.
+LogN beyond seq_length in padded batches.) Attention, the KV cache and the choice of kernel
+(`set_attention`: auto, sdpa, flash, flex, math) are in attention.py: one entry point, `attend`,
+which every layer calls with the forward's metadata (ForwardMeta, computed once per forward).
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:  # optional, CUDA only
-    from flash_attn import flash_attn_varlen_func
-except Exception:  # ImportError, or a broken CUDA build
-    flash_attn_varlen_func = None
+from qwen_eval.model.attention import (KERNELS, MASK_BLOCK_ELEMENTS, AttentionMeta, AttentionUnavailable, KVCache,
+                                      attend, resolve_kernel)  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -144,59 +143,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# KV cache
-
-
-class KVCache:
-    """Preallocated keys and values per layer, [B, max_len, kv_heads, head_dim], one length per row.
-
-    Rows are right-padded: row b's valid keys are columns [0, lengths[b]). A forward on top of
-    the cache writes its T new tokens at columns lengths[b] ... lengths[b] + T - 1 of each row.
-    With a shared prefix of P tokens (load_prefix), positions [0, P) live once in prefix_keys and
-    values, and row column j holds position P + j; lengths still count positions.
-    """
-
-    def __init__(self, cfg: QwenConfig, batch_size: int, max_len: int, *, dtype: torch.dtype,
-                 device: torch.device):
-        shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.alphas: list[float] = [1.0] * batch_size  # NTK alpha fixed at the cache-less call
-        self.max_len = max_len
-        # a prefix every row shares (load_prefix), per layer [1, kv_heads, P, hd]; one copy for
-        # the batch
-        self.prefix_keys: list[Tensor] | None = None
-        self.prefix_values: list[Tensor] | None = None
-        self.prefix_len = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
-
-    def keep_rows(self, rows: Tensor) -> None:
-        """Drop finished rows (decoding continues with the others)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-        self.lengths = self.lengths.index_select(0, rows)
-        self.alphas = [self.alphas[i] for i in rows.tolist()]
-
-    def load_prefix(self, keys: list[Tensor], values: list[Tensor], alpha: float) -> None:
-        """Start every row with one shared prefix ([1, P, kv_heads, hd] per layer), by reference.
-
-        Attention reads the prefix once per step for the whole batch instead of once per row
-        (decoding after GSM8K's 8 shots is bound by reading the KV cache), and the rows' storage
-        only holds what follows it (max_len counts the tokens after the prefix).
-        """
-        # laid out once as attention reads them: [1, kv_heads, P, hd]
-        self.prefix_keys = [k.transpose(1, 2).contiguous() for k in keys]
-        self.prefix_values = [v.transpose(1, 2).contiguous() for v in values]
-        self.prefix_len = keys[0].shape[1]
-        self.lengths.fill_(self.prefix_len)
-        self.alphas = [alpha] * self.batch_size
-
-
-# ---------------------------------------------------------------------------------------------
 # Modules
 
 
@@ -224,21 +170,25 @@ class MLP(nn.Module):
         return self.down(self.up(x) * F.silu(self.gate(x)))
 
 
-# Masked attention runs over blocks of queries so the boolean mask stays at most this many
-# elements per block (never [L, L] for long inputs).
-MASK_BLOCK_ELEMENTS = 1 << 24
+@dataclass
+class ForwardMeta:
+    """What every block needs about one forward, computed once before the layers."""
+
+    rope: tuple[Tensor, Tensor]  # cos, sin [B, T, rotary_dim] at each token's position
+    logn: Tensor | None  # [B, T] LogN query scale, None when no position reaches seq_length
+    attention: AttentionMeta  # positions, windows, the cache and the kernel
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: QwenConfig):
+    def __init__(self, cfg: QwenConfig, layer: int):
         super().__init__()
         self.cfg = cfg
+        self.layer = layer
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=cfg.qkv_bias)
         self.out = nn.Linear(q_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], logn: Tensor | None, window: int,
-                cache: KVCache | None, layer: int, starts: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, meta: ForwardMeta) -> Tensor:
         cfg = self.cfg
         b, t, _ = x.shape
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -246,176 +196,22 @@ class Attention(nn.Module):
         q = q.view(b, t, cfg.num_heads, cfg.head_dim)
         k = k.view(b, t, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(b, t, cfg.num_kv_heads, cfg.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if logn is not None:  # keys and the cache are never scaled
-            q = q * logn[:, :, None, None].to(q.dtype)
-
-        if cache is None:
-            out = self._attend_no_cache(q, k, v, window)
-        else:
-            # write the new keys at each row's columns starts[b] ... starts[b] + t - 1 (after a
-            # shared prefix, column = position - P)
-            p = cache.prefix_len
-            cols = starts[:, None] - p + torch.arange(t, device=x.device)[None, :]  # [B, T]
-            rows = torch.arange(b, device=x.device)[:, None].expand(b, t)
-            cache.keys[layer][rows, cols] = k
-            cache.values[layer][rows, cols] = v
-            kv_len = int(cols.max()) + 1
-            if p:
-                out = _attend_after_prefix(q, cache.prefix_keys[layer], cache.prefix_values[layer],
-                                           cache.keys[layer][:, :kv_len], cache.values[layer][:, :kv_len], cols, p, window)
-            else:
-                out = _attend(q, cache.keys[layer][:, :kv_len], cache.values[layer][:, :kv_len], cols, window)
-        return self.out(out.reshape(b, t, -1))
-
-    def _attend_no_cache(self, q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
-        b, t = q.shape[:2]
-        if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-            # flash-attn: causal (and windowed) without any mask tensor
-            cu = torch.arange(0, (b + 1) * t, t, dtype=torch.int32, device=q.device)
-            out = flash_attn_varlen_func(q.reshape(b * t, *q.shape[2:]), k.reshape(b * t, *k.shape[2:]),
-                                         v.reshape(b * t, *v.shape[2:]), cu, cu, t, t, causal=True,
-                                         window_size=(window - 1, 0) if window else (-1, -1))
-            return out.view(b, t, *out.shape[1:])
-        if not window or window >= t:
-            return _sdpa(q, k, v, is_causal=True)
-        cols = torch.arange(t, device=q.device)[None, :].expand(b, t)
-        return _attend(q, k, v, cols, window)
-
-
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-    """SDPA on [B, T, H, hd] tensors (grouped-query heads expanded by SDPA itself)."""
-    gqa = q.shape[2] != k.shape[2]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
-    return out.transpose(1, 2)
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, query_cols: Tensor, window: int) -> Tensor:
-    """Attention where query (b, i) sits at key column query_cols[b, i] and sees keys j <= that
-    column (and > column - window when windowed), over blocks of queries."""
-    b, t = q.shape[:2]
-    kv_len = k.shape[1]
-    block = max(1, min(t, MASK_BLOCK_ELEMENTS // max(1, b * kv_len)))
-    outs = []
-    for s in range(0, t, block):
-        qc = query_cols[:, s:s + block]
-        hi = int(qc.max()) + 1
-        lo = max(0, int(qc.min()) - window + 1) if window else 0
-        keys = torch.arange(lo, hi, device=q.device)
-        visible = keys[None, None, :] <= qc[:, :, None]
-        if window:
-            visible &= keys[None, None, :] > qc[:, :, None] - window
-        outs.append(_sdpa(q[:, s:s + block], k[:, lo:hi], v[:, lo:hi], mask=visible[:, None]))
-    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-
-
-# SDPA's CPU flash kernel, which also returns each query's log-sum-exp: two partial attentions
-# (shared prefix, own keys) merge exactly with it. A private op, so looked up defensively.
-_cpu_flash_with_lse = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-
-def _attend_after_prefix(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor, query_cols: Tensor,
-                         prefix_len: int, window: int) -> Tensor:
-    """Attention over a prefix all rows share (keys and values [1, kv_heads, P, hd]) then each
-    row's own keys ([B, T, kv_heads, hd]); query (b, i) sits at position prefix_len +
-    query_cols[b, i] and sees own columns j <= query_cols[b, i] (and only keys within the window
-    when windowed). The prefix is read once for the whole batch: its queries are every row's.
-    """
-    b, t, h = q.shape[:3]
-    mask_elements = b * t * h // prefix_k.shape[1] * k.shape[1]  # the own-key mask of the flash path
-    if _cpu_flash_with_lse is not None and q.device.type == "cpu" and not window \
-            and mask_elements <= MASK_BLOCK_ELEMENTS:
-        try:
-            return _attend_after_prefix_cpu_flash(q, prefix_k, prefix_v, k, v, query_cols)
-        except RuntimeError:  # an older kernel without attn_mask: the exact fallback below
-            pass
-    return _attend_after_prefix_math(q, prefix_k, prefix_v, k, v, query_cols, prefix_len, window)
-
-
-def _attend_after_prefix_cpu_flash(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor,
-                                   query_cols: Tensor) -> Tensor:
-    """Two flash attentions, each with its log-sum-exp, merged: out = sum_part w_part * out_part
-    with w_part = exp(lse_part - lse_total). Every prefix key is visible (no window)."""
-    b, t, h, d = q.shape
-    kv_heads, n_own = prefix_k.shape[1], k.shape[1]
-    g = h // kv_heads
-    qg = q.reshape(b, t, kv_heads, g, d)  # query head = kv head * g + j
-    # prefix: the queries of every row and head group as one long query sequence per kv head
-    q_prefix = qg.permute(2, 0, 1, 3, 4).reshape(1, kv_heads, b * t * g, d)
-    out_p, lse_p = _cpu_flash_with_lse(q_prefix, prefix_k, prefix_v, 0.0, False)
-    out_p = out_p.view(kv_heads, b, t * g, d).transpose(0, 1)  # [B, kv, t*g, d]
-    lse_p = lse_p.view(kv_heads, b, t * g).transpose(0, 1)
-    # own keys, causal by column, rows (i, j) per (b, kv head)
-    q_own = qg.permute(0, 2, 1, 3, 4).reshape(b, kv_heads, t * g, d)
-    visible = torch.arange(n_own, device=q.device)[None, None, :] <= query_cols[:, :, None]  # [B, t, T]
-    hidden = ~visible[:, None, :, None, :].expand(b, 1, t, g, n_own).reshape(b, 1, t * g, n_own)
-    mask = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device).masked_fill_(hidden, float("-inf"))
-    out_o, lse_o = _cpu_flash_with_lse(q_own, k.transpose(1, 2), v.transpose(1, 2), 0.0, False, attn_mask=mask)
-    lse = torch.logaddexp(lse_p.float(), lse_o.float())
-    out = out_p.float() * torch.exp(lse_p - lse)[..., None] + out_o.float() * torch.exp(lse_o - lse)[..., None]
-    return out.view(b, kv_heads, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, h, d).to(q.dtype)
-
-
-def _attend_after_prefix_math(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor,
-                              query_cols: Tensor, prefix_len: int, window: int) -> Tensor:
-    """The same attention from the two score blocks in fp32 (any device, windows), over blocks of
-    queries; the prefix scores of every row come from one matmul against the single prefix copy."""
-    b, t, h, d = q.shape
-    kv_heads, n_own = prefix_k.shape[1], k.shape[1]
-    g = h // kv_heads
-    scale = 1.0 / math.sqrt(d)
-    prefix_kt = prefix_k[0].transpose(1, 2)  # [kv, d, P]
-    prefix_vh = prefix_v[0]  # [kv, P, d]
-    own_kt = k.permute(0, 2, 3, 1)  # [B, kv, d, T]
-    own_vh = v.transpose(1, 2)  # [B, kv, T, d]
-    key_pos = torch.arange(prefix_len, device=q.device)
-    key_cols = torch.arange(n_own, device=q.device)
-    block = max(1, min(t, MASK_BLOCK_ELEMENTS // max(1, b * h * (prefix_len + n_own))))
-    outs = []
-    for s in range(0, t, block):
-        qb = q[:, s:s + block].reshape(b, -1, kv_heads, g, d)  # query head = kv head * g + j
-        tb = qb.shape[1]
-        cols = query_cols[:, s:s + block]  # [B, tb]
-        # prefix scores, rows ordered (b, i, j) per kv head: [kv, B*tb*g, P]
-        q_prefix = qb.permute(2, 0, 1, 3, 4).reshape(kv_heads, b * tb * g, d)
-        sp = torch.matmul(q_prefix, prefix_kt).float() * scale
-        if window:  # prefix position p visible when p > position - window
-            visible = key_pos[None, None, :] > (prefix_len + cols - window)[:, :, None]  # [B, tb, P]
-            sp = sp.masked_fill(~visible[:, :, None, :].expand(b, tb, g, prefix_len).reshape(1, -1, prefix_len),
-                                float("-inf"))
-        # own scores, rows ordered (i, j) per (b, kv head): [B, kv, tb*g, T]
-        q_own = qb.permute(0, 2, 1, 3, 4).reshape(b, kv_heads, tb * g, d)
-        so = torch.matmul(q_own, own_kt).float() * scale
-        visible = key_cols[None, None, :] <= cols[:, :, None]  # [B, tb, T]
-        if window:
-            visible &= key_cols[None, None, :] > (cols - window)[:, :, None]
-        so = so.masked_fill(~visible[:, None, :, None, :].expand(b, 1, tb, g, n_own).reshape(b, 1, tb * g, n_own),
-                            float("-inf"))
-        # one softmax: own key j = the query itself is always visible, so the max is finite
-        sp_own = sp.view(kv_heads, b, tb * g, prefix_len).permute(1, 0, 2, 3)  # [B, kv, tb*g, P]
-        m = torch.maximum(sp_own.amax(-1), so.amax(-1))  # [B, kv, tb*g]
-        ep = torch.exp(sp - m.permute(1, 0, 2).reshape(kv_heads, -1)[..., None])
-        eo = torch.exp(so - m[..., None])
-        denom = ep.view(kv_heads, b, tb * g, prefix_len).sum(-1).permute(1, 0, 2) + eo.sum(-1)
-        out_prefix = torch.matmul(ep.to(prefix_vh.dtype), prefix_vh).float()  # [kv, B*tb*g, d]
-        out = out_prefix.view(kv_heads, b, tb * g, d).permute(1, 0, 2, 3) + \
-            torch.matmul(eo.to(own_vh.dtype), own_vh).float()
-        out = out / denom[..., None]  # [B, kv, tb*g, d]
-        outs.append(out.view(b, kv_heads, tb, g, d).permute(0, 2, 1, 3, 4).reshape(b, tb, h, d).to(q.dtype))
-    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        q, k = apply_rope(q, *meta.rope), apply_rope(k, *meta.rope)
+        if meta.logn is not None:  # keys and the cache are never scaled
+            q = q * meta.logn[:, :, None, None].to(q.dtype)
+        return self.out(attend(q, k, v, meta.attention, self.layer).reshape(b, t, -1))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: QwenConfig):
+    def __init__(self, cfg: QwenConfig, layer: int):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, rope, logn, window, cache, layer, starts) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, logn, window, cache, layer, starts)
+    def forward(self, x: Tensor, meta: ForwardMeta) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), meta)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -433,7 +229,8 @@ class Qwen(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.attention = "auto"  # model.attention, resolved per device and dtype at each forward (set_attention)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
@@ -468,35 +265,56 @@ class Qwen(nn.Module):
         b, t = input_ids.shape
         device = input_ids.device
         _, use_logn, windows = self._resolve(options)
-        if lengths is None:
-            lengths = torch.full((b,), t, dtype=torch.long, device=device)
         if cache is None:
-            starts = torch.zeros(b, dtype=torch.long, device=device)
-            alphas = self.row_alphas(lengths.tolist(), options)
+            starts, host_starts = torch.zeros(b, dtype=torch.long, device=device), None
+            alphas = self.row_alphas(lengths.tolist() if lengths is not None else [t] * b, options)
         else:
-            starts = cache.lengths.clone()
+            starts, host_starts = cache.lengths.clone(), list(cache.host_lengths)
             alphas = cache.alphas
-        positions = starts[:, None] + torch.arange(t, device=device)[None, :]
-        rope = rope_tables(positions, alphas, self.config)
+        kernel = self.attention_kernel()
+        attn = AttentionMeta.build(kernel, starts, host_starts, t, windows, self.config.num_layers, cache)
+        rope = rope_tables(attn.positions, alphas, self.config)
         logn = None
-        if use_logn and int(positions.max()) + 1 > self.config.seq_length:
-            logn = logn_factors(positions, self.config.seq_length)
+        if use_logn and attn.kv_len > self.config.seq_length:  # kv_len = 1 + the largest position
+            logn = logn_factors(attn.positions, self.config.seq_length)
+        meta = ForwardMeta(rope, logn, attn)
 
         x = self.embed(input_ids)
-        for i, block in enumerate(self.layers):
-            x = block(x, rope, logn, windows[i] if windows else 0, cache, i, starts)
+        for block in self.layers:
+            x = block(x, meta)
         if cache is not None:
-            cache.lengths += lengths
+            cache.advance(lengths, t)
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
+
+    # -- attention kernel ---------------------------------------------------------------------
+    def set_attention(self, name: str) -> str:
+        """Choose the attention kernel (`model.attention`: auto, sdpa, flash, flex, math) and
+        return what it resolves to on the model's current device and dtype; raises
+        AttentionUnavailable (a ValueError naming the option) when it cannot run here."""
+        p = self.embed.weight
+        resolved = resolve_kernel(name, p.device, p.dtype)
+        self.attention = name
+        return resolved
+
+    def attention_kernel(self) -> str:
+        """The kernel this forward runs: the chosen one, resolved for where the weights are now."""
+        p = self.embed.weight
+        key = (self.attention, p.device, p.dtype)
+        if getattr(self, "_resolved", (None, None))[0] != key:
+            self._resolved = (key, resolve_kernel(self.attention, p.device, p.dtype))
+        return self._resolved[1]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """lm_head over already-normalised hidden states (for chunked losses and last-token scoring)."""
         return self.lm_head(hidden)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        p = self.embed.weight
-        return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
+        """An empty cache of batch_size rows, each able to hold max_len positions (after a shared
+        prefix loaded later, max_len counts the positions after it)."""
+        p, cfg = self.embed.weight, self.config
+        return KVCache(cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim, dtype=p.dtype,
+                       device=p.device)
 
     def prefill_cache(self, cache: KVCache, input_ids: Tensor, lengths: Tensor,
                       options: LongContextOptions | None = None, *, alphas: Sequence[float] | None = None,
@@ -507,7 +325,7 @@ class Qwen(nn.Module):
         says otherwise (a shared prefix takes the alpha of the full rows it will serve).
         """
         cache.alphas = list(alphas) if alphas is not None else self.row_alphas(lengths.tolist(), options)
-        cache.lengths.zero_()
+        cache.reset()
         return self.forward(input_ids, cache=cache, lengths=lengths, options=options, return_hidden=return_hidden)
 
 

@@ -208,13 +208,14 @@ def test_max_new_tokens_bounds_generation(model, tokenizer):
         assert result.texts[0] and len(tokenizer.encode(result.texts[0])) <= k + 1
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "math", "flex"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 @pytest.mark.parametrize("window", [0, 5, 40])
-def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kv_heads, window):
-    """The prefix read by reference gives the attention a copied prefix gives (GQA, windows that
-    reach into the prefix, right-padded rows at different positions)."""
-    from qwen_eval.model.model import (_attend, _attend_after_prefix, _attend_after_prefix_cpu_flash,
-                                       _attend_after_prefix_math)
+def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kernel, kv_heads, window):
+    """The prefix read by reference (cascade: two attentions merged by log-sum-exp) gives the
+    attention a copied prefix gives (GQA, windows that reach into the prefix, right-padded rows at
+    different positions), for every kernel that runs on CPU."""
+    from qwen_eval.model.attention import AttentionMeta, KVCache, attend
 
     gen = torch.Generator().manual_seed(0)
     b, t, h, d, prefix, own = 3, 7, 4, 16, 23, 12
@@ -223,21 +224,27 @@ def test_attention_after_a_shared_prefix_equals_attention_over_copied_rows(kv_he
     prefix_v = torch.randn(1, prefix, kv_heads, d, generator=gen)
     own_k = torch.randn(b, own, kv_heads, d, generator=gen)
     own_v = torch.randn(b, own, kv_heads, d, generator=gen)
-    # row b's queries sit at own columns starting at b (rows hold different numbers of tokens)
+    # row b's queries are its own tokens b ... b + t - 1 (rows hold different numbers of tokens)
     cols = torch.arange(b)[:, None] + torch.arange(t)[None, :]
+    new_k, new_v = own_k[torch.arange(b)[:, None], cols], own_v[torch.arange(b)[:, None], cols]
 
-    copied_k = torch.cat([prefix_k.expand(b, -1, -1, -1), own_k], dim=1)
-    copied_v = torch.cat([prefix_v.expand(b, -1, -1, -1), own_v], dim=1)
-    expected = _attend(q, copied_k, copied_v, cols + prefix, window)
-    prefix_kh, prefix_vh = prefix_k.transpose(1, 2).contiguous(), prefix_v.transpose(1, 2).contiguous()
-    got = _attend_after_prefix(q, prefix_kh, prefix_vh, own_k, own_v, cols, prefix, window)
+    def run(kernel, shared):
+        cache = KVCache(1, b, prefix + own, kv_heads, d, dtype=torch.float32, device=torch.device("cpu"))
+        if shared:
+            cache.load_prefix([prefix_k], [prefix_v], 1.0)
+            cache.keys[0][:, :own], cache.values[0][:, :own] = own_k, own_v
+        else:  # every row holds a copy of the prefix
+            cache.keys[0][:, :prefix], cache.values[0][:, :prefix] = prefix_k, prefix_v
+            cache.keys[0][:, prefix:], cache.values[0][:, prefix:] = own_k, own_v
+        starts = prefix + torch.arange(b)
+        cache.lengths, cache.host_lengths = starts.clone(), starts.tolist()
+        meta = AttentionMeta.build(kernel, starts, starts.tolist(), t, (window,), 1, cache)
+        return attend(q, new_k, new_v, meta, 0)
+
+    expected = run("sdpa", shared=False)
+    got = run(kernel, shared=True)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), float((got - expected).abs().max())
-    if window == 0:  # on CPU that was SDPA's flash kernel with log-sum-exp merging; check it ran
-        flash = _attend_after_prefix_cpu_flash(q, prefix_kh, prefix_vh, own_k, own_v, cols)
-        assert torch.allclose(flash, expected, atol=1e-5, rtol=1e-5)
-    # the exact fp32 formula (used with windows and off CPU) agrees too
-    math_path = _attend_after_prefix_math(q, prefix_kh, prefix_vh, own_k, own_v, cols, prefix, window)
-    assert torch.allclose(math_path, expected, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(run(kernel, shared=False), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_a_kept_prefix_longer_than_the_next_batch_is_reused_up_to_its_length(model, tokenizer, monkeypatch):

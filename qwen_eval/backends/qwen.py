@@ -15,6 +15,7 @@ from qwen_eval.errors import UserError
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.loading import weights_fingerprint
+from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
 from qwen_eval.model.model import PRESETS, Qwen, QwenConfig, init_weights, window_schedule
 from qwen_eval.model.tokenizer import load_tokenizer
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
@@ -103,6 +104,7 @@ class QwenBackend(Backend):
         self.path = path
         self.max_length = engine.max_length
         self.fingerprint = fingerprint
+        self.attention = engine.model.attention_kernel()  # the kernel model.attention resolved to here
 
     @property
     def tokens_processed(self) -> int:
@@ -112,6 +114,11 @@ class QwenBackend(Backend):
     def from_config(cls, cfg: Mapping[str, Any], *, seed: int = 1234) -> "QwenBackend":
         device = resolve_device(cfg.get("device"))
         dtype = resolve_dtype(cfg.get("dtype"), device)
+        attention = str(cfg.get("attention") or "auto")
+        try:  # before any weights are read: a kernel that cannot run here is the one-line error
+            resolve_kernel(attention, device, dtype)
+        except AttentionUnavailable as e:
+            raise UserError(str(e)) from None
         preset = cfg.get("preset")
         path = cfg.get("path")
         if preset == "tiny" and not path:
@@ -129,6 +136,7 @@ class QwenBackend(Backend):
                 setattr(mc, key, bool(cfg[key]))
         mc.window_attn = window_sizes(cfg.get("window_attn"), mc)
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        model.set_attention(attention)
         max_length = int(cfg.get("max_length") or mc.seq_length)
         stops = stop_token_ids(cfg.get("stop_token_ids"), loaded.stop_token_ids, tokenizer)
         engine = Engine(model, tokenizer, max_length=max_length,
@@ -150,7 +158,7 @@ class QwenBackend(Backend):
                 "parameters": sum(p.numel() for p in self.engine.model.parameters()),
                 "seq_length": cfg.seq_length, "use_dynamic_ntk": cfg.use_dynamic_ntk,
                 "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None,
-                "stop_token_ids": sorted(self.engine.stop_token_ids)}
+                "stop_token_ids": sorted(self.engine.stop_token_ids), "attention": self.attention}
 
     def special_tokens(self) -> dict[str, str | None]:
         tokenizer = self.engine.tokenizer
