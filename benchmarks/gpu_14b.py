@@ -3,6 +3,7 @@
     python benchmarks/gpu_14b.py results/bench/gpu_14b.json
     python benchmarks/gpu_14b.py out.json --decode-batches 1,8,32 --long-length 16384
     python benchmarks/gpu_14b.py /tmp/smoke.json --preset tiny --allow-cpu   # smoke test of this script
+    python benchmarks/gpu_14b.py /tmp/dry.json --dry-run    # every section at tiny shapes on CPU (the tests run it)
 
 Random bf16 weights of `QwenConfig.preset("qwen-14b")` are created directly on the GPU (meta
 device -> empty CUDA storage -> normal_ on the GPU), so no 28 GB ever passes through the host.
@@ -19,8 +20,16 @@ torch.cuda.max_memory_allocated per section. A section that fails is recorded in
   long         one 32K-token forward with dynamic NTK + LogN (hidden states only), then the
                chunked loss the engine's Rolling requests take: seconds and peak memory.
   engine_mmlu  Engine.choice over 4 subjects x N questions sharing a 5-shot prefix, batches of 64.
-Variants: with flash-attn when it is installed (the model's cache-less path uses it), and with
-PyTorch SDPA (flash-attn switched off in the model module).
+  check        the device's logits (bf16) against CPU fp32 logits of the same weights, for every
+               attention phase (no cache, prompts into a cache, decoding, prompts after a shared
+               prefix, decoding after it) and every attention kernel, with long-context switches
+               off and on (NTK, LogN, windows that bite). The model is the preset's shape with
+               --check-layers layers (so the CPU reference stays cheap); decoding is teacher-forced
+               (the same tokens on both sides). Records max |diff|, its ratio to the logits' spread,
+               top-1 agreement, and seconds per phase on the device. The math kernel on the device
+               is the yardstick for bf16 rounding.
+Attention kernels (model.attention, --attention): every one that resolves on the device (flash
+needs flash-attn; math runs only in the check section). Each timed section runs once per kernel.
 """
 
 from __future__ import annotations
@@ -49,13 +58,29 @@ def parse_args(argv):
     p.add_argument("--decode-steps", type=int, default=128)
     p.add_argument("--long-length", type=int, default=32768)
     p.add_argument("--mmlu-questions", type=int, default=64, help="questions per subject (4 subjects)")
-    p.add_argument("--sections", default="prefill,decode,long,engine_mmlu")
+    p.add_argument("--sections", default="check,prefill,decode,long,engine_mmlu")
+    p.add_argument("--attention", default="flash,sdpa,flex,math",
+                   help="attention kernels to run (those that cannot run on the device are listed as unavailable)")
+    p.add_argument("--check-layers", type=int, default=4)
+    p.add_argument("--check-length", type=int, default=320, help="longest row of the check (seq_length = half)")
+    p.add_argument("--check-prefix", type=int, default=160)
+    p.add_argument("--check-steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_TFLOPS)
     p.add_argument("--peak-tbps", type=float, default=H200_HBM_TBPS)
     p.add_argument("--allow-cpu", action="store_true",
                    help="run on CPU in fp32 (only to smoke-test this script with --preset tiny)")
-    return p.parse_args(argv)
+    p.add_argument("--dry-run", action="store_true",
+                   help="CPU, preset tiny, tiny shapes, bf16 as the 'device' dtype of the check: runs every section")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.allow_cpu = True
+        args.preset = "tiny"
+        for key, value in dict(prefill_batch=2, prefill_length=32, decode_batches="2", decode_prompt=16,
+                               decode_steps=3, long_length=300, mmlu_questions=3, repeats=1, check_layers=2,
+                               check_length=40, check_prefix=16, check_steps=3).items():
+            setattr(args, key, value)
+    return args
 
 
 class Bench:
@@ -66,6 +91,9 @@ class Bench:
         self.args = args
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.unavailable: dict[str, str] = {}  # kernel -> why it cannot run here
+        # the check's device side: bf16 on a GPU; in a dry run bf16 on the CPU too
+        self.check_dtype = torch.bfloat16 if self.device.type == "cuda" or args.dry_run else self.dtype
 
     # -- timing --------------------------------------------------------------------------------
     def sync(self) -> None:
@@ -126,16 +154,24 @@ class Bench:
                 "weights_gib": params * self.dtype.itemsize / 2 ** 30, "build_seconds": time.perf_counter() - start,
                 "peak_gib": self.peak_gib()}
 
-    def attention_variants(self) -> list[str]:
-        from qwen_eval.model import model as model_module
+    def attention_variants(self, *, dtype=None, include_math: bool = False) -> list[str]:
+        """The --attention kernels that resolve on the device (math only where asked for)."""
+        from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
 
-        self.flash = model_module.flash_attn_varlen_func
-        return (["flash_attn"] if self.flash is not None and self.device.type == "cuda" else []) + ["sdpa"]
+        kernels = []
+        for name in self.args.attention.split(","):
+            if name == "math" and not include_math:
+                continue
+            try:
+                resolve_kernel(name, self.device, dtype or self.dtype)
+            except AttentionUnavailable as e:
+                self.unavailable[name] = str(e)
+            else:
+                kernels.append(name)
+        return kernels
 
-    def use_variant(self, variant: str) -> None:
-        from qwen_eval.model import model as model_module
-
-        model_module.flash_attn_varlen_func = self.flash if variant == "flash_attn" else None
+    def use_variant(self, variant: str, model=None) -> None:
+        (model or self.model).set_attention(variant)
 
     def random_ids(self, *shape):
         return self.torch.randint(0, 151851, shape, device=self.device,
@@ -170,7 +206,8 @@ class Bench:
         model = self.model
         rows = []
         weight_bytes = (sum(p.numel() for p in model.parameters()) - model.embed.weight.numel()) * self.dtype.itemsize
-        for b in (int(x) for x in a.decode_batches.split(",")):
+        for variant, b in ((v, int(x)) for v in self.attention_variants() for x in a.decode_batches.split(",")):
+            self.use_variant(variant)
             self.reset_peak()
             ids = self.random_ids(b, a.decode_prompt)
             lengths = torch.full((b,), a.decode_prompt, device=self.device)
@@ -194,7 +231,7 @@ class Bench:
             mean_len = a.decode_prompt + a.decode_steps / 2
             kv_bytes = 2 * cfg.num_layers * b * mean_len * cfg.num_kv_heads * cfg.head_dim * self.dtype.itemsize
             step_s = decode_s / a.decode_steps
-            rows.append({"batch": b, "prompt": a.decode_prompt, "steps": a.decode_steps,
+            rows.append({"attention": variant, "batch": b, "prompt": a.decode_prompt, "steps": a.decode_steps,
                          "prefill_seconds": prefill_s, "decode_seconds": decode_s, "ms_per_step": 1e3 * step_s,
                          "tokens_per_second": b * a.decode_steps / decode_s,
                          "bandwidth_tbps": (weight_bytes + kv_bytes) / step_s / 1e12,
@@ -231,14 +268,10 @@ class Bench:
                          "finite": finite})
         return rows
 
-    def engine_mmlu(self) -> dict:
-        from qwen_eval.model.engine import Engine
-        from qwen_eval.model.tokenizer import load_tokenizer
+    def engine_mmlu(self) -> list[dict]:
         from qwen_eval.requests import Choice
 
-        torch, a = self.torch, self.args
-        self.use_variant(self.attention_variants()[0])
-        engine = Engine(self.model, load_tokenizer(None), max_length=2048, max_batch_tokens=65536)
+        a = self.args
         requests = []
         for subject in ("astronomy", "college physics", "world religions", "high school statistics"):
             shots = "".join(
@@ -254,21 +287,130 @@ class Bench:
                     (" A", " B", " C", " D")))
         requests.sort(key=lambda r: r.context)  # as the runner does: subjects stay together
         batches = [requests[i:i + 64] for i in range(0, len(requests), 64)]
+        rows, first_answers = [], None
+        for variant in self.attention_variants():
+            row, answers = self._engine_mmlu_run(variant, requests, batches)
+            first_answers = first_answers or answers
+            row["answers_equal_to_" + self.attention_variants()[0]] = answers == first_answers
+            rows.append(row)
+        return rows
+
+    def _engine_mmlu_run(self, variant: str, requests, batches) -> tuple[dict, list[int]]:
+        from qwen_eval.model.engine import Engine
+        from qwen_eval.model.tokenizer import load_tokenizer
+
+        torch = self.torch
+        self.use_variant(variant)
+        engine = Engine(self.model, load_tokenizer(None), max_length=2048, max_batch_tokens=65536)
         self.reset_peak()
+        answers = []
         with torch.inference_mode():
             engine.choice(batches[0])  # warm-up
             self.sync()
             before, start = engine.tokens_processed, time.perf_counter()
             for batch in batches:
-                engine.choice(batch)
+                answers += [max(range(4), key=lambda i: r.logprobs[i]) for r in engine.choice(batch)]
             self.sync()
             seconds = time.perf_counter() - start
         tokens = engine.tokens_processed - before
         prompt_tokens = sum(len(engine.tokenizer.encode(r.context)) for r in requests)
-        return {"requests": len(requests), "batch": 64, "seconds": seconds, "requests_per_second": len(requests) / seconds,
-                "prompt_tokens": prompt_tokens, "tokens_computed": tokens,
-                "prefix_reuse_saving": 1 - tokens / prompt_tokens,
-                "prompt_tokens_per_second": prompt_tokens / seconds, "peak_gib": self.peak_gib()}
+        return {"attention": variant, "requests": len(requests), "batch": 64, "seconds": seconds,
+                "requests_per_second": len(requests) / seconds, "prompt_tokens": prompt_tokens,
+                "tokens_computed": tokens, "prefix_reuse_saving": 1 - tokens / prompt_tokens,
+                "prompt_tokens_per_second": prompt_tokens / seconds, "peak_gib": self.peak_gib()}, answers
+
+    # -- check: device logits against CPU fp32 logits, per phase and kernel ----------------------
+    def check(self) -> dict:
+        """Every attention phase and kernel on the device against the CPU fp32 reference."""
+        from dataclasses import replace
+
+        from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, init_weights, window_schedule
+
+        torch, a = self.torch, self.args
+        n = a.check_length
+        cfg = replace(QwenConfig.preset(a.preset, num_layers=a.check_layers), seq_length=n // 2)
+        reference = init_weights(Qwen(cfg), seed=0).eval()  # CPU fp32
+        with torch.device("meta"):
+            device_model = Qwen(cfg)
+        device_model = device_model.to_empty(device=self.device).to(self.check_dtype)
+        device_model.load_state_dict(reference.state_dict())
+        device_model.eval()
+        # lower layers see half of seq_length: the window bites in every phase (and reaches into the prefix)
+        windows = tuple(cfg.seq_length // 2 if w else 0 for w in window_schedule(cfg.num_layers, cfg.seq_length,
+                                                                                  groups=2))
+        settings = {"plain": LongContextOptions(False, False, False),
+                    "long": LongContextOptions(True, True, windows)}  # NTK, LogN and a window that bites
+        inputs = self._check_inputs(cfg, n)
+        report = {"layers": cfg.num_layers, "seq_length": cfg.seq_length, "windows": list(windows),
+                  "device_dtype": str(self.check_dtype), "rows": []}
+        with torch.inference_mode():
+            for name, options in settings.items():
+                reference.set_attention("auto")
+                want, _ = self._check_phases(reference, inputs, options, torch.device("cpu"))
+                for kernel in self.attention_variants(dtype=self.check_dtype, include_math=True):
+                    device_model.set_attention(kernel)
+                    self._check_phases(device_model, inputs, options, self.device)  # warm-up (and compiles)
+                    got, seconds = self._check_phases(device_model, inputs, options, self.device)
+                    for phase, ref in want.items():
+                        diff = (got[phase] - ref).abs()
+                        report["rows"].append({
+                            "options": name, "attention": kernel, "phase": phase, "seconds": seconds[phase],
+                            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                            "max_diff_over_logit_std": float(diff.max() / ref.std()),
+                            "top1_agreement": float((got[phase].argmax(-1) == ref.argmax(-1)).float().mean()),
+                            "finite": bool(torch.isfinite(got[phase]).all())})
+        del device_model
+        return report
+
+    def _check_inputs(self, cfg, n: int) -> dict:
+        torch, a = self.torch, self.args
+        gen = torch.Generator().manual_seed(3)
+        vocab = min(cfg.vocab_size, 151851)
+        lengths = torch.tensor([n, n - 17, n // 2])
+        suffix = torch.tensor([n - a.check_prefix, (n - a.check_prefix) // 2, 5])
+        return {"ids": torch.randint(0, vocab, (3, n), generator=gen), "lengths": lengths,
+                "prefix": torch.randint(0, vocab, (1, a.check_prefix), generator=gen),
+                "suffix_ids": torch.randint(0, vocab, (3, int(suffix.max())), generator=gen), "suffix": suffix,
+                "steps": torch.randint(0, vocab, (3, a.check_steps), generator=gen)}
+
+    def _check_phases(self, model, inputs: dict, options, device) -> tuple[dict, dict]:
+        """Logits (fp32, on CPU) of the real positions of every phase, and seconds per phase."""
+        torch, a = self.torch, self.args
+        x = {k: v.to(device) for k, v in inputs.items()}
+        real = lambda lengths, width: torch.arange(width, device=device)[None, :] < lengths[:, None]  # noqa: E731
+        out, seconds = {}, {}
+
+        def timed(name, fn):
+            self.sync() if device.type == "cuda" else None
+            start = time.perf_counter()
+            value = fn()
+            self.sync() if device.type == "cuda" else None
+            seconds[name] = time.perf_counter() - start
+            out[name] = value.float().cpu()
+
+        ids, lengths = x["ids"], x["lengths"]
+        timed("no_cache", lambda: model(ids, lengths=lengths, options=options)[real(lengths, ids.shape[1])])
+        cache = model.new_cache(3, ids.shape[1] + a.check_steps)
+        timed("prefill", lambda: model.prefill_cache(cache, ids, lengths, options, return_hidden=False)[
+            real(lengths, ids.shape[1])])
+        steps = x["steps"]
+        timed("decode", lambda: torch.cat([model(steps[:, s:s + 1], cache=cache, options=options)[:, 0]
+                                           for s in range(steps.shape[1])]))
+        alpha = model.row_alphas([int(lengths.max())], options)[0]
+        shared = model.new_cache(1, x["prefix"].shape[1])
+
+        def after_prefix():
+            model.prefill_cache(shared, x["prefix"], torch.tensor([x["prefix"].shape[1]], device=device), options,
+                                alphas=[alpha])
+            rows = model.new_cache(3, x["suffix_ids"].shape[1] + a.check_steps)
+            rows.load_prefix(shared.keys, shared.values, alpha)
+            self._rows = rows
+            logits = model(x["suffix_ids"], cache=rows, lengths=x["suffix"], options=options)
+            return logits[real(x["suffix"], x["suffix_ids"].shape[1])]
+        timed("prefix_prefill", after_prefix)
+        timed("prefix_decode", lambda: torch.cat([model(steps[:, s:s + 1], cache=self._rows, options=options)[:, 0]
+                                                  for s in range(steps.shape[1])]))
+        return out, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
         else:
             print(f"{section} ({time.perf_counter() - start:.0f} s): {json.dumps(report[section])}", flush=True)
+        report["attention_unavailable"] = bench.unavailable
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")  # after every section: nothing is lost
     return 1 if report["errors"] else 0

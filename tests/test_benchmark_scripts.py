@@ -1,0 +1,61 @@
+"""The benchmark scripts' CPU-side parts run here: gpu_14b.py --dry-run (every attention kernel
+that resolves on CPU, against the CPU fp32 reference) and attention_paths.py --quick (the old
+model/model.py from git against the new one: identical outputs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_gpu_14b_dry_run_checks_every_phase_and_kernel(tmp_path):
+    out = tmp_path / "dry.json"
+    assert load("gpu_14b").main([str(out), "--dry-run", "--sections", "check", "--attention", "sdpa,math,flash"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["attention_unavailable"]) == {"flash"} and "CUDA only" in report["attention_unavailable"]["flash"]
+    rows = report["check"]["rows"]
+    phases = {"no_cache", "prefill", "decode", "prefix_prefill", "prefix_decode"}
+    assert {(r["options"], r["attention"], r["phase"]) for r in rows} == {
+        (o, k, p) for o in ("plain", "long") for k in ("sdpa", "math") for p in phases}
+    # the 'device' side is bf16 on CPU here: every kernel within bf16 rounding of the fp32 logits
+    assert all(r["finite"] and r["max_diff_over_logit_std"] < 0.2 for r in rows), rows
+    assert report["check"]["windows"][0] == report["check"]["seq_length"] // 2
+
+
+def test_gpu_14b_refuses_to_run_without_a_gpu_unless_asked(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    assert load("gpu_14b").main([str(tmp_path / "x.json")]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_attention_paths_old_and_new_agree(tmp_path):
+    rev = load("attention_paths").OLD_REV
+    if subprocess.run(["git", "cat-file", "-e", f"{rev}:model/model.py"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip(f"the old model/model.py ({rev}) is not in this checkout's history")
+    out = tmp_path / "paths.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention_paths.py"), "--quick", "--repeats", "1",
+                    "--kernels", "sdpa,math", "--json", str(out)], check=True, cwd=ROOT, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["phase"] for r in rows} == {"mmlu_prefix", "gsm8k_decode", "prefill", "decode", "rolling"}
+    for r in rows:
+        limit = 0.0 if r["variant"] in ("old", "new:sdpa") else 1e-5  # sdpa on CPU: bitwise the old paths
+        assert r["max_abs_diff_vs_old"] <= limit, r
