@@ -308,7 +308,8 @@ def merge_partials(parts: list[tuple[Tensor, Tensor]]) -> Tensor:
         total = torch.logaddexp(total, lse)
     out = None
     for (o, _), lse in zip(parts, lses):
-        term = o.float() * torch.exp(lse - total)[..., None]
+        # an empty part's output may be anything (0, or NaN from some kernels): it weighs exactly 0
+        term = torch.where(torch.isneginf(lse)[..., None], 0.0, o.float() * torch.exp(lse - total)[..., None])
         out = term if out is None else out + term
     return out
 
@@ -355,14 +356,20 @@ def _unfold_heads(out: Tensor, t: int) -> Tensor:
     return out.reshape(b, t, -1, *rest)
 
 
+def _whole(meta: AttentionMeta, s: int, e: int | None) -> bool:
+    return s == 0 and (e is None or e >= meta.positions.shape[1])
+
+
 def _seg_visible(meta: AttentionMeta, seg: KVSegment, window: int, s: int = 0, e: int | None = None) -> Tensor:
-    """bool [B, T', N] for queries s:e against the segment's keys, memoised per forward."""
+    """bool [B, T', N] for queries s:e against the segment's keys. Built once per forward and
+    shared by the layers when it covers every query; blocks of a long input are rebuilt per layer
+    (keeping them all would hold the whole L x L mask)."""
     n = seg.keys.shape[1]
 
     def build():
         k_pos = seg.start + torch.arange(n, device=meta.positions.device)
         return visible(meta.positions[:, s:e], k_pos, window)
-    return meta.cached(("visible", seg.start, n, window, s, e), build)
+    return meta.cached(("visible", seg.start, n, window), build) if _whole(meta, s, e) else build()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,8 +482,8 @@ class SdpaKernel:
             if not (seg.shared and not window):  # every prefix key is visible without a window
                 vis = _seg_visible(meta, seg, window, s, e)  # [B, tb, n]
                 align = 16 if q.is_cuda else 1
-                mask = meta.cached(("float", seg.start, n, window, s, e, g, rows),
-                                   lambda: _float_mask(vis.reshape(rows, -1, n), q.dtype, g, align))
+                build = lambda: _float_mask(vis.reshape(rows, -1, n), q.dtype, g, align)  # noqa: E731
+                mask = meta.cached(("float", seg.start, n, window, g, rows), build) if _whole(meta, s, e) else build()
             out, out_lse = _lse_attention(qf, k, v, mask)
             unfold = (lambda x: _unfold_rows(x, b, e - s)) if seg.shared else (lambda x: _unfold_heads(x, e - s))
             outs.append(unfold(out))
@@ -540,8 +547,10 @@ class FlexKernel:
 
         b, t, h, d = q.shape
         n = seg.keys.shape[1]
-        start = seg.start
         device = q.device
+        # positions as tensors, so a compiled kernel does not specialise (and recompile) on them
+        start = torch.tensor(seg.start, device=device)
+        window_t = torch.tensor(window, device=device)
         if seg.shared:  # every row's queries as one sequence against the one copy of the keys
             q_pos = meta.positions.reshape(1, -1)
             qx = q.reshape(1, b * t, h, d)
@@ -552,11 +561,11 @@ class FlexKernel:
             p = q_pos[bi, qi]
             ok = ki + start <= p
             if window:
-                ok = ok & (ki + start > p - window)
+                ok = ok & (ki + start > p - window_t)
             return ok
 
         rows = q_pos.shape[0]
-        block_mask = meta.cached(("flex", start, n, window, seg.shared),
+        block_mask = meta.cached(("flex", seg.start, n, window, seg.shared),
                                  lambda: create_block_mask(mask_mod, rows, None, q_pos.shape[1], n, device=device))
         with warnings.catch_warnings():  # eager on CPU: flex warns that it is unfused, as we know
             warnings.simplefilter("ignore", UserWarning)

@@ -267,3 +267,51 @@ def test_flex_is_reported_as_eager_on_cpu_and_flash_is_refused():
     assert "eagerly" in attention_module.__doc__ and resolve_kernel("flex", torch.device("cpu"), torch.float32) == "flex"
     with pytest.raises(AttentionUnavailable):
         resolve_kernel("flash", torch.device("cpu"), torch.bfloat16)
+
+
+def test_model_attention_option_through_the_backend():
+    """model.attention reaches the model through the qwen backend; results record the kernel; a
+    kernel that cannot run here is the one-line error before any weights are read."""
+    from qwen_eval.backends.qwen import QwenBackend
+    from qwen_eval.errors import UserError
+
+    base = {"name": "tiny", "backend": "qwen", "preset": "tiny", "device": "cpu", "dtype": "auto"}
+    assert QwenBackend.from_config(base).describe()["attention"] == "sdpa"  # auto on CPU
+    backend = QwenBackend.from_config({**base, "attention": "math"})
+    assert backend.describe()["attention"] == "math" and backend.engine.model.attention_kernel() == "math"
+    with pytest.raises(UserError, match=r"^model.attention=flash: flash-attn runs on CUDA only"):
+        QwenBackend.from_config({**base, "attention": "flash"})
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "math"])
+@pytest.mark.parametrize("window", [0, 4])
+def test_blocks_of_queries_give_the_same_attention(kernel, window, monkeypatch):
+    """Long inputs run over blocks of queries (masks stay bounded): force blocks of a few queries."""
+    args = dict(heads=4, kv_heads=2, window=window)
+    whole = [test(kernel=kernel, **args) for test in (_no_cache, _cached, _prefixed)]
+    monkeypatch.setattr(attention_module, "MASK_BLOCK_ELEMENTS", 200)
+    blocked = [test(kernel=kernel, **args) for test in (_no_cache, _cached, _prefixed)]
+    for a, b in zip(whole, blocked):
+        assert max_abs_diff(a, b) < 1e-6
+
+
+def _no_cache(kernel, heads, kv_heads, window):
+    q, k, v = tensors(3, 13, heads, kv_heads, 16, seed=1)
+    return run(kernel, q, k, v, torch.zeros(3, dtype=torch.long), None, window)
+
+
+def _cached(kernel, heads, kv_heads, window):
+    cache = KVCache(1, 3, 20, kv_heads, 16, dtype=torch.float32, device=torch.device("cpu"))
+    fill(cache, [9, 4, 14], kv_heads, 16, seed=3)
+    q, k, v = tensors(3, 6, heads, kv_heads, 16, seed=4)
+    return run(kernel, q, k, v, torch.tensor([9, 4, 14]), cache, window)
+
+
+def _prefixed(kernel, heads, kv_heads, window):
+    gen = torch.Generator().manual_seed(5)
+    cache = KVCache(1, 3, 20, kv_heads, 16, dtype=torch.float32, device=torch.device("cpu"))
+    cache.load_prefix([torch.randn(1, 23, kv_heads, 16, generator=gen)],
+                      [torch.randn(1, 23, kv_heads, 16, generator=gen)], 1.0)
+    fill(cache, [0, 5, 12], kv_heads, 16, seed=6, start=23)
+    q, k, v = tensors(3, 7, heads, kv_heads, 16, seed=7)
+    return run(kernel, q, k, v, torch.tensor([23, 28, 35]), cache, window)
