@@ -41,6 +41,9 @@ class Loaded:
 
 
 def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -> Task:
+    """The task of the `task` node; the one place its options become plain Python (dicts, lists)."""
+    if isinstance(task_cfg, DictConfig):
+        task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
     name = task_cfg["name"]
     cls = registry.task_class(name)
     task_options = {k: v for k, v in task_cfg.items() if k != "name"}

@@ -4,8 +4,9 @@
 
 Hydra takes any value for any key (`batch_size=abc` is the string "abc"), so the values are
 checked here: the top-level keys by explicit rules, the `task.` and `model.` options against the
-types of their defaults in the task's and model's YAML (an option the YAML does not have is an
-unknown key, with a `did you mean` hint).
+types of their defaults (a task's `default_options()`, a model preset's composed YAML; an option
+they do not have is an unknown key, with a `did you mean` hint). Structured-config typing is not
+used for this on purpose: OmegaConf would coerce `model.dtype=16` to "16" and `2` to true.
 """
 
 from __future__ import annotations
@@ -46,19 +47,37 @@ def top_level_keys() -> list[str]:
 
 
 def task_defaults(name: str) -> dict[str, Any] | None:
-    """A task's options as `task=<name>` composes them (its YAML, or a plugin's defaults); None
-    when neither is known (a task YAML from a user's hydra.searchpath)."""
+    """A task's options as `task=<name>` composes them: the task's default_options (the node its
+    conf/task YAML selects, see qwen_eval/conf/__init__.py) and what the YAML sets besides, or a
+    plugin's defaults; None when neither is known (a task YAML from a user's hydra.searchpath)."""
     path = _conf_dir() / "task" / f"{name}.yaml"
     if path.is_file():
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        own = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        own.pop("defaults", None)
+        return {"name": name, **registry.task_class(name).default_options(), **own}
     if name in registry.plugin_tasks():
         return {"name": name, **registry.task_class(name).default_options()}
     return None
 
 
+def composed_yaml(path: Path) -> dict[str, Any]:
+    """A group's YAML as Hydra composes it: the files its defaults list places here
+    (`/<group>/<name>@_here_`, e.g. conf/model_base/bundled.yaml), then its own keys."""
+    own = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    merged: dict[str, Any] = {}
+    for entry in own.pop("defaults", None) or []:
+        if isinstance(entry, str) and entry.startswith("/") and entry.endswith("@_here_"):
+            base = _conf_dir() / f"{entry[1:-len('@_here_')]}.yaml"
+            if base.is_file():
+                merged.update(composed_yaml(base))
+    merged.update(own)
+    return merged
+
+
 def model_defaults(name: str) -> dict[str, Any] | None:
+    """A model preset's options as `model=<name>` composes them (None: no such YAML here)."""
     path = _conf_dir() / "model" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.is_file() else None
+    return composed_yaml(path) if path.is_file() else None
 
 
 def _is_int(value: Any) -> bool:

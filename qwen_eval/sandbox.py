@@ -117,7 +117,7 @@ main(int(sys.argv[2]), int(sys.argv[3]))
 class Limits:
     """Per-program limits. cpu_seconds None = the wall timeout rounded up."""
 
-    timeout: float = 10.0  # wall-clock seconds per program
+    timeout: float = 10  # wall-clock seconds per program (written 10: the config shows it as the YAML did)
     memory_mb: int = 1024  # RLIMIT_AS
     cpu_seconds: int | None = None  # RLIMIT_CPU
     file_size_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write
@@ -125,6 +125,25 @@ class Limits:
     open_files: int = 128  # RLIMIT_NOFILE
     max_processes: int = 32  # RLIMIT_NPROC headroom per program (processes and threads)
     output_bytes: int = 64 * 1024  # stdout / stderr kept per stream (the last bytes)
+
+
+DEFAULT_USER = "nobody"  # the unprivileged user programs run as when the harness runs as root
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """The `task.sandbox` block of the code tasks, with its defaults (the one home of them: the
+    tasks' default_options and so conf/task/humaneval.yaml and mbpp.yaml take it from here); null
+    means the default."""
+
+    workers: int | None = None  # programs at a time (null = CPU count)
+    timeout: float = Limits.timeout  # wall seconds per program (CPU limit: the same, rounded up)
+    memory_mb: int = Limits.memory_mb  # address space per process
+    user: str = DEFAULT_USER  # when running as root, programs run as this user
+    python: str | None = None  # interpreter for programs (null = this one if the sandbox user can run it, else python3 on PATH)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -403,7 +422,7 @@ def _sweep(pid_ns: str | None, marker: bytes) -> int:
 class Sandbox:
     """Runs programs, one fresh process each, `workers` at a time."""
 
-    def __init__(self, limits: Limits | None = None, *, workers: int | None = None, user: str = "nobody",
+    def __init__(self, limits: Limits | None = None, *, workers: int | None = None, user: str = DEFAULT_USER,
                  python: str | None = None):
         self.limits = limits or Limits()
         self.workers = max(1, workers or os.cpu_count() or 1)

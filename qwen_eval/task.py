@@ -9,10 +9,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, TypeVar
 
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Request, Response
+
+R = TypeVar("R")
 
 
 class Doc(Protocol):
@@ -112,7 +114,8 @@ class Task(ABC):
       version: bump when prompts, extraction or metrics change, so results are not mixed up.
 
     The constructor receives the task's config options (everything under `task:` but `name`),
-    the number of shots, the protocol (`qwen` or `clean`) and the seed.
+    the number of shots, the protocol (`qwen` or `clean`) and the seed. `self.options` is
+    `default_options()` overridden by the options given (the one merge; a plain dict).
     """
 
     name: ClassVar[str]
@@ -127,19 +130,59 @@ class Task(ABC):
 
     def __init__(self, options: Mapping[str, Any] | None = None, *, shots: int | None = None,
                  protocol: str = "qwen", seed: int = 1234):
-        self.options = dict(options or {})
+        self.options = {**self.default_options(), **dict(options or {})}
         self.shots = self.default_shots if shots is None else int(shots)
         self.protocol = protocol
         self.seed = seed
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        """The task's config options with their defaults (used for tasks without a YAML file)."""
+        """The task's config options with their defaults: the one home of them. `task=<name>`
+        composes this node (conf/task/<name>.yaml selects it, see qwen_eval/conf/__init__.py)."""
         return {}
 
     @abstractmethod
     def load(self, data: DataSpec, limit: int | None = None) -> list[Doc]:
         """The documents to evaluate, in a stable order; `limit` as the `limit` config key says."""
+
+    # -- data sources: one dispatch; a task implements the readers it has -------------------------
+
+    auto_source: ClassVar[str] = "hub"  # what data.source=auto reads when data.path is not set
+
+    def read_source(self, data: DataSpec) -> Any:
+        """What `read_local(path)`, `read_hub()` or `read_sample()` returns, as `data.source` says
+        (auto: local when data.path is set, else `auto_source`)."""
+        source = data.source
+        if source == "auto":
+            source = "local" if data.path else self.auto_source
+        if source == "local":
+            return self.read_local(data.path)
+        if source == "hub":
+            return self.read_hub()
+        if source == "sample":
+            return self.read_sample()
+        raise UserError(f"data.source={data.source!r} is not a source; valid: auto, local, hub, sample")
+
+    def read_local(self, path: str | None) -> Any:
+        raise UserError(f"task {self.name} cannot read a local copy; use data.source=hub or data.source=sample")
+
+    def read_hub(self) -> Any:
+        raise UserError(f"task {self.name} has no hub dataset; give data.path=DIR (a local copy) or data.source=sample")
+
+    def read_sample(self) -> Any:
+        raise UserError(f"task {self.name} ships no sample; give data.path=DIR (a local copy) or data.source=hub")
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    def response(self, doc: Doc, responses: Sequence[Response], kind: type[R], index: int = 0,
+                 count: int = 1) -> R:
+        """Answer `index` of the `count` answers to `requests(doc)`, checked to be a `kind` (a
+        RuntimeError naming the task, the document and the request otherwise: a backend bug)."""
+        if len(responses) != count or not isinstance(responses[index], kind):
+            got = ", ".join(type(r).__name__ for r in responses) or "no answer"
+            raise RuntimeError(f"task {self.name} {doc.doc_id}: request {index} of {count} needs a {kind.__name__}, "
+                               f"the backend returned {got}")
+        return responses[index]
 
     @abstractmethod
     def requests(self, doc: Doc) -> list[Request]:

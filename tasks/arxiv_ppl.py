@@ -208,7 +208,7 @@ class ArxivPerplexity(Task):
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs):
         super().__init__(options, **kwargs)
-        o = {**self.default_options(), **self.options}
+        o = self.options
         self.lengths = parse_lengths(o["lengths"])
         self.window_attn = parse_window_attn(o["window_attn"])
         raw_variants = [o["variants"]] if isinstance(o["variants"], str) else list(o["variants"] or [])
@@ -224,7 +224,7 @@ class ArxivPerplexity(Task):
         self.hub = {k: (None if o[k] is None else str(o[k])) for k in ("hub_id", "hub_config", "hub_split")}
         # The last variant at the largest length (instance attribute: it follows the options).
         self.headline = cell_name(list(self.variants)[-1], self.lengths[-1])
-        # Plain Python values for results.json (Hydra hands over ListConfig objects).
+        # The parsed values, as results.json records them.
         self.options = {**o, "lengths": list(self.lengths), "variants": list(self.variants),
                         "window_attn": self.window_attn if isinstance(self.window_attn, str) else list(self.window_attn),
                         "text_field": self.text_field, **self.hub}
@@ -236,16 +236,16 @@ class ArxivPerplexity(Task):
 
     # -- data -------------------------------------------------------------------------------------
     def load(self, data: DataSpec, limit: int | None = None) -> list[Document]:
-        source = data.resolved_source()
-        if source == "local":
-            docs = read_documents(local_dir(data.path, self.name), self.text_field)
-        elif source == "sample":
-            docs = read_documents(sample_dir(self.name), self.text_field)
-        else:
-            docs = self._hub_documents()
+        docs = self.read_source(data)
         return docs[:limit] if limit else docs
 
-    def _hub_documents(self) -> list[Document]:
+    def read_local(self, path: str | None) -> list[Document]:
+        return read_documents(local_dir(path, self.name), self.text_field)
+
+    def read_sample(self) -> list[Document]:
+        return read_documents(sample_dir(self.name), self.text_field)
+
+    def read_hub(self) -> list[Document]:
         hub_id, config, split = self.hub["hub_id"], self.hub["hub_config"], self.hub["hub_split"] or "test"
         if not hub_id:
             raise UserError("task arxiv_ppl: data.source=hub needs task.hub_id=DATASET (and task.text_field); "
@@ -267,9 +267,9 @@ class ArxivPerplexity(Task):
         answers: dict[str, list[float]] = {}
         predictions: dict[str, float] = {}
         text_tokens = 0
-        for (variant, length), r in zip(self.cells(), responses):
-            if not isinstance(r, RollingResult):
-                raise RuntimeError(f"arxiv_ppl expected RollingResult answers, got {type(r).__name__}")
+        cells = self.cells()
+        for i, (variant, length) in enumerate(cells):
+            r = self.response(doc, responses, RollingResult, i, len(cells))
             name = cell_name(variant, length)
             answers[name] = [r.loglikelihood, r.n_tokens]
             text_tokens = max(text_tokens, r.text_tokens)

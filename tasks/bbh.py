@@ -162,7 +162,7 @@ class BBH(Task):
         return {"subtasks": None, "max_new_tokens": 1024}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
-        super().__init__({**self.default_options(), **dict(options or {})}, **kwargs)
+        super().__init__(options, **kwargs)
         if self.shots != 3:
             raise UserError(f"task bbh: the official chain-of-thought prompts have 3 worked examples; use shots=3, not {self.shots}")
         subtasks = self.options["subtasks"]
@@ -176,8 +176,7 @@ class BBH(Task):
     # --- data ---
 
     def load(self, data: DataSpec, limit: int | None = None) -> list[BBHDoc]:
-        source = data.resolved_source()
-        root = sample_dir(self.name) if source == "sample" else local_dir(data.path, self.name) if source == "local" else None
+        root = self.read_source(data)  # the BIG-Bench-Hard folder; None: the hub
         if root is not None and not (root / "bbh").is_dir():
             raise UserError(f"task bbh: {root} has no bbh/ folder; point data.path at a BIG-Bench-Hard copy "
                             f"(bbh/<task>.json and cot-prompts/<task>.txt)")
@@ -195,6 +194,15 @@ class BBH(Task):
                     raise UserError(f"{origin}: example {i} needs string fields \"input\" and \"target\"")
                 docs.append(BBHDoc(f"{task}/{i}", task, example["input"], example["target"]))
         return docs
+
+    def read_local(self, path: str | None) -> Path:
+        return local_dir(path, self.name)
+
+    def read_sample(self) -> Path:
+        return sample_dir(self.name)
+
+    def read_hub(self) -> None:
+        return None
 
     @staticmethod
     def _read_examples(path: Path) -> list[Any]:
@@ -232,9 +240,7 @@ class BBH(Task):
     # --- scoring ---
 
     def score(self, doc: BBHDoc, responses: Sequence[Response]) -> Sample:
-        (result,) = responses
-        assert isinstance(result, GenerateResult)
-        completion = result.texts[0]
+        completion = self.response(doc, responses, GenerateResult).texts[0]
         prediction = extract_answer(completion)
         correct = is_correct(prediction, doc.target, TASKS[doc.task])
         return Sample(doc_id=doc.doc_id, prompt=self.prompt(doc), target=doc.target, response=completion,

@@ -23,24 +23,13 @@ from typing import Any, Mapping, Sequence
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, mean_stderr, pass_at_k
 from qwen_eval.requests import Generate, GenerateResult, Response
-from qwen_eval.sandbox import Limits, Outcome, Sandbox
+from qwen_eval.sandbox import DEFAULT_USER, Limits, Outcome, Sandbox, SandboxOptions
 from qwen_eval.task import Doc, Sample, Task
 
 DEFAULT_K = (1, 10, 100)
 SANDBOX_LIMITS = ("timeout", "memory_mb", "cpu_seconds", "file_size_mb", "disk_mb", "open_files", "max_processes",
                   "output_bytes")
 SANDBOX_OPTIONS = ("workers", "user", "python") + SANDBOX_LIMITS
-
-
-def plain(value: Any) -> Any:
-    """Hydra's DictConfig/ListConfig as plain dicts and lists (options end up in results.json)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _int_option(name: str, value: Any, minimum: int) -> int:
@@ -92,7 +81,7 @@ def sandbox_from_options(options: Mapping[str, Any]) -> Sandbox:
     workers = options.get("workers")
     if workers is not None:
         workers = _int_option("sandbox.workers", workers, 1)
-    user = options.get("user") or "nobody"
+    user = options.get("user") or DEFAULT_USER
     python = options.get("python")
     return Sandbox(Limits(**{**defaults.__dict__, **limits}), workers=workers, user=str(user),
                    python=str(python) if python else None)
@@ -115,11 +104,11 @@ class CodeTask(Task):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"n": 1, "temperature": 0.0, "top_p": 1.0, "k": None, "max_new_tokens": 512, "sandbox": {}}
+        return {"n": 1, "temperature": 0.0, "top_p": 1.0, "k": None, "max_new_tokens": 512,
+                "sandbox": SandboxOptions().as_dict()}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
-        given = {key: plain(value) for key, value in dict(options or {}).items()}
-        super().__init__({**self.default_options(), **given}, **kwargs)
+        super().__init__(options, **kwargs)
         o = self.options
         self.n = _int_option("n", o["n"], 1)
         self.temperature = _float_option("temperature", o["temperature"], 0.0)
@@ -162,10 +151,8 @@ class CodeTask(Task):
     def score_many(self, docs: Sequence[Doc], responses_per_doc: Sequence[Sequence[Response]]) -> list[Sample]:
         """Run every completion of every document in the sandbox, in parallel, then score each."""
         completions: list[list[str]] = []
-        for responses in responses_per_doc:
-            (result,) = responses
-            assert isinstance(result, GenerateResult)
-            completions.append(list(result.texts))
+        for doc, responses in zip(docs, responses_per_doc):
+            completions.append(list(self.response(doc, responses, GenerateResult).texts))
         programs = [self.program(doc, c) for doc, texts in zip(docs, completions) for c in texts]
         outcomes = iter(self.sandbox.run_many(programs))
         return [self._sample(doc, texts, [next(outcomes) for _ in texts]) for doc, texts in zip(docs, completions)]

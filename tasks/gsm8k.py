@@ -155,7 +155,7 @@ class GSM8K(Task):
         return {"extract": "qwen", "max_new_tokens": 512, "prompt": "base"}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
-        super().__init__({**self.default_options(), **dict(options or {})}, **kwargs)
+        super().__init__(options, **kwargs)
         if self.options["extract"] not in EXTRACTORS:
             raise UserError(f"task.extract={self.options['extract']!r} is not an extractor; valid: {', '.join(EXTRACTORS)}")
         self.max_new_tokens = int(self.options["max_new_tokens"])
@@ -173,12 +173,7 @@ class GSM8K(Task):
     # --- data ---
 
     def load(self, data: DataSpec, limit: int | None = None) -> list[GSM8KDoc]:
-        source = data.resolved_source()
-        if source == "hub":
-            rows, origin = load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "test"), f"hub {HUB_ID}/{HUB_CONFIG} test"
-        else:
-            path = sample_dir(self.name) / "test.jsonl" if source == "sample" else self._local_file(data.path)
-            rows, origin = read_jsonl(path), str(path)
+        rows, origin = self.read_source(data)
         docs = []
         for i, row in enumerate(rows[:limit] if limit else rows):
             where = f"{origin}: row {i}"
@@ -186,6 +181,17 @@ class GSM8K(Task):
                 raise UserError(f"{where}: expected string fields \"question\" and \"answer\" (the GSM8K layout)")
             docs.append(GSM8KDoc(str(i), row["question"], row["answer"], gold_number(row["answer"], where)))
         return docs
+
+    def read_hub(self) -> tuple[list, str]:
+        return load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "test"), f"hub {HUB_ID}/{HUB_CONFIG} test"
+
+    def read_sample(self) -> tuple[list, str]:
+        path = sample_dir(self.name) / "test.jsonl"
+        return read_jsonl(path), str(path)
+
+    def read_local(self, path: str | None) -> tuple[list, str]:
+        file = self._local_file(path)
+        return read_jsonl(file), str(file)
 
     def _local_file(self, path: str | None) -> Path:
         p = local_dir(path, self.name)
@@ -220,9 +226,7 @@ class GSM8K(Task):
     # --- scoring ---
 
     def score(self, doc: GSM8KDoc, responses: Sequence[Response]) -> Sample:
-        (result,) = responses
-        assert isinstance(result, GenerateResult)
-        completion = result.texts[0]
+        completion = self.response(doc, responses, GenerateResult).texts[0]
         gold = Fraction(doc.gold)
         qwen, strict = extract_qwen(completion), extract_strict(completion)
         qwen_gold = gold if self.prompt_style == "base" else extract_qwen(doc.answer)

@@ -117,7 +117,7 @@ class MATH(Task):
         return {"subset": "full", "max_new_tokens": 1024, "equiv_timeout": 5.0}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
-        super().__init__({**self.default_options(), **dict(options or {})}, **kwargs)
+        super().__init__(options, **kwargs)
         if self.options["subset"] not in SUBSETS:
             raise UserError(f"task.subset={self.options['subset']!r} is not a subset; valid: {', '.join(SUBSETS)}")
         self.max_new_tokens = int(self.options["max_new_tokens"])
@@ -128,16 +128,16 @@ class MATH(Task):
     # --- data ---
 
     def load(self, data: DataSpec, limit: int | None = None) -> list[MathDoc]:
-        source = data.resolved_source()
-        if source == "hub":
-            docs = self._hub_docs()
-        elif source == "sample":
-            docs = self._jsonl_docs(sample_dir(self.name) / "test.jsonl")
-        else:
-            docs = self._local_docs(local_dir(data.path, self.name))
+        docs = self.read_source(data)
         if self.options["subset"] == "math500":
             docs = self._math500(docs)
         return docs[:limit] if limit else docs
+
+    def read_sample(self) -> list[MathDoc]:
+        return self._jsonl_docs(sample_dir(self.name) / "test.jsonl")
+
+    def read_local(self, path: str | None) -> list[MathDoc]:
+        return self._local_docs(local_dir(path, self.name))
 
     def _local_docs(self, path: Path) -> list[MathDoc]:
         if path.is_file():
@@ -167,7 +167,7 @@ class MATH(Task):
         path = require_file(path, "MATH test file")
         return [make_doc(str(i), row, f"{path}: row {i}") for i, row in enumerate(read_jsonl(path))]
 
-    def _hub_docs(self) -> list[MathDoc]:
+    def read_hub(self) -> list[MathDoc]:
         docs = []
         for subject in SUBJECTS.values():
             rows = load_hub_dataset(self.name, HUB_ID, subject, "test")
@@ -207,9 +207,7 @@ class MATH(Task):
     # --- scoring ---
 
     def score(self, doc: MathDoc, responses: Sequence[Response]) -> Sample:
-        (result,) = responses
-        assert isinstance(result, GenerateResult)
-        completion = result.texts[0]
+        completion = self.response(doc, responses, GenerateResult).texts[0]
         prediction = extract_answer(completion)
         target = normalize_final_answer(doc.answer)
         normalized = normalize_final_answer(prediction) if prediction is not None else None

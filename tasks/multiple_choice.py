@@ -232,7 +232,8 @@ class MultipleChoiceTask(Task):
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"prompt": "base"}
+        """`task.prompt` only where Qwen has a chat script for the benchmark (mmlu, ceval)."""
+        return {"prompt": "base"} if cls.chat_question is not MultipleChoiceTask.chat_question else {}
 
     @property
     def uses_chat(self) -> bool:
@@ -257,16 +258,17 @@ class MultipleChoiceTask(Task):
 
     # data
 
+    def read_local(self, path: str | None) -> Iterator[tuple[str, list[Question], list[Question]]]:
+        return self._read_folder(local_dir(path, self.name), expect_all=True)
+
+    def read_sample(self) -> Iterator[tuple[str, list[Question], list[Question]]]:
+        return self._read_folder(sample_dir(self.name), expect_all=False)
+
+    def read_hub(self) -> Iterator[tuple[str, list[Question], list[Question]]]:
+        return self._read_hub()
+
     def load(self, data: DataSpec, limit: int | None = None) -> list[MCDoc]:
-        source = data.resolved_source()
-        if source == "local":
-            subjects = self._read_folder(local_dir(data.path, self.name), expect_all=True)
-        elif source == "sample":
-            subjects = self._read_folder(sample_dir(self.name), expect_all=False)
-        elif source == "hub":
-            subjects = self._read_hub()
-        else:
-            raise UserError(f"data.source={data.source!r} is not a source; valid: auto, local, hub, sample")
+        subjects = self.read_source(data)
         docs = []
         for subject, questions, dev in subjects:
             shots = tuple(dev[:self.shots])
@@ -341,11 +343,11 @@ class MultipleChoiceTask(Task):
         return [Choice(context=self.prompt(doc), continuations=self.continuations)]
 
     def score(self, doc: MCDoc, responses: Sequence[Response]) -> Sample:
-        (result,) = responses
         if self.prompt_style == "qwen_chat":
-            return self._score_reply(doc, result)
-        if not isinstance(result, ChoiceResult) or len(result.logprobs) != len(LETTERS):
-            raise RuntimeError(f"{self.name} {doc.doc_id}: expected one ChoiceResult with 4 log-probabilities")
+            return self._score_reply(doc, self.response(doc, responses, GenerateResult))
+        result = self.response(doc, responses, ChoiceResult)
+        if len(result.logprobs) != len(LETTERS):
+            raise RuntimeError(f"task {self.name} {doc.doc_id}: expected 4 log-probabilities, got {len(result.logprobs)}")
         probs = softmax(result.logprobs)
         best = max(range(len(LETTERS)), key=lambda i: result.logprobs[i])  # first of equal maxima
         prediction = LETTERS[best]
@@ -354,9 +356,7 @@ class MultipleChoiceTask(Task):
                       score=float(prediction == doc.question.answer),
                       extra={"subject": doc.subject, "probs": probs, "protocol": self.protocol})
 
-    def _score_reply(self, doc: MCDoc, result: Response) -> Sample:
-        if not isinstance(result, GenerateResult):
-            raise RuntimeError(f"{self.name} {doc.doc_id}: expected a GenerateResult for the chat protocol")
+    def _score_reply(self, doc: MCDoc, result: GenerateResult) -> Sample:
         reply = result.texts[0]
         prediction = self.chat_letter(reply, doc)
         return Sample(doc_id=doc.doc_id, prompt=self.chat_question(doc), target=doc.question.answer, response=reply,
