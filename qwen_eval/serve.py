@@ -408,14 +408,13 @@ def model_config(model: str | None, model_path: str | None) -> dict[str, Any]:
             return {"name": Path(model_path).expanduser().name, "backend": "qwen", "path": model_path}
     from importlib import resources
 
-    from omegaconf import OmegaConf
+    from qwen_eval.options import model_defaults
 
     folder = Path(str(resources.files("qwen_eval.conf"))) / "model"
-    file = folder / f"{model}.yaml"
-    if not file.is_file():
+    cfg = model_defaults(model)
+    if cfg is None:
         names = sorted(p.stem for p in folder.glob("*.yaml"))
         raise UserError(f"--model {model}: no such model config; valid: {', '.join(names)}")
-    cfg = OmegaConf.to_container(OmegaConf.load(file), resolve=True)
     if cfg.get("backend") != "qwen":
         raise UserError(f"--model {model} uses backend {cfg.get('backend')}; qwen-eval-serve serves the bundled "
                         f"engine (a model config with backend: qwen)")

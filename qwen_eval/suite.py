@@ -3,7 +3,8 @@
     qwen-eval suite=model_card model=qwen-14b model.path=DIR data.path=DATA_ROOT
 
 A suite is a YAML file in conf/suite/ (or in a folder added with hydra.searchpath=[file://DIR]):
-`name`, and `tasks`, a list of {task, shots, options} where options override the task's YAML.
+`name`, and `tasks`, a list of {task, shots, options} where options override the task's defaults
+and shots, when left out, is the task's own default (the model card's count).
 
 The backend (and its weights) is built once, after the first task's data loaded. A task that
 fails is recorded with its one-line error and the others still run; the command exits 1 when
@@ -58,6 +59,16 @@ def _task_run_config(cfg: DictConfig, entry: DictConfig, data_root: Path | None)
     return run_cfg
 
 
+def _shots(entry: DictConfig) -> int | None:
+    """The entry's shots, else its task's default (None for a task that does not load)."""
+    if entry.get("shots") is not None:
+        return entry.shots
+    try:
+        return registry.task_class(entry.task).default_shots
+    except Exception:  # an unknown or broken task fails in its turn, with its one-line error
+        return None
+
+
 def suite_root(cfg: DictConfig, model_name: str) -> Path:
     """output_dir, else Hydra's job folder in a multirun, else results/runs/suite-<name>-<model>-<time>."""
     if cfg.output_dir:
@@ -95,7 +106,7 @@ def run_suite(cfg: DictConfig) -> list[dict[str, Any]]:
     root = suite_root(cfg, slug(str(model_cfg.get("name") or model_cfg.get("backend"))))
 
     records: list[dict[str, Any]] = []
-    status = [{"task": e.task, "shots": e.get("shots"), "status": "pending"} for e in suite.tasks]
+    status = [{"task": e.task, "shots": _shots(e), "status": "pending"} for e in suite.tasks]
     main = distributed.is_main()
     for i, entry in enumerate(suite.tasks):
         try:

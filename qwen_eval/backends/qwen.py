@@ -16,7 +16,7 @@ from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
-from qwen_eval.model.model import PRESETS, Qwen, QwenConfig, init_weights, window_schedule
+from qwen_eval.model.model import Qwen, QwenConfig, init_weights, window_schedule
 from qwen_eval.model.tokenizer import load_tokenizer
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
 
@@ -139,8 +139,9 @@ class QwenBackend(Backend):
         model.set_attention(attention)
         max_length = int(cfg.get("max_length") or mc.seq_length)
         stops = stop_token_ids(cfg.get("stop_token_ids"), loaded.stop_token_ids, tokenizer)
-        engine = Engine(model, tokenizer, max_length=max_length,
-                        max_batch_tokens=int(cfg.get("max_batch_tokens") or 16384), seed=seed, stop_token_ids=stops)
+        batch_tokens = cfg.get("max_batch_tokens")  # null: the engine's own default
+        engine = Engine(model, tokenizer, max_length=max_length, seed=seed, stop_token_ids=stops,
+                        **({"max_batch_tokens": int(batch_tokens)} if batch_tokens else {}))
         numerics = {"config": dataclasses.asdict(mc), "dtype": str(dtype), "max_length": max_length,
                     "weights": weights_id, "engine": ENGINE_VERSION, "seed": seed, "stop_token_ids": list(stops)}
         fingerprint = hashlib.sha256(json.dumps(numerics, sort_keys=True, default=str).encode()).hexdigest()[:16]
