@@ -16,9 +16,7 @@ sweep ends with a summary (qwen_eval.sweep). `--help` and `--version` are qwen-e
 from __future__ import annotations
 
 import itertools
-import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any

@@ -55,16 +55,6 @@ def higher_is_better(name: str) -> bool:
     return is_fraction_metric(name)
 
 
-def resolve_results_path(path: str | Path) -> Path:
-    """A results.json file, or a run folder that holds one directly."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; pass a results.json file or a run folder that holds one")
-    return path
-
-
 def find_results(patterns: Iterable[str | Path]) -> list[Path]:
     """Expand files, folders (searched recursively for results.json) and glob patterns.
 
@@ -114,11 +104,6 @@ def read_results(path: str | Path) -> dict[str, Any]:
     if not isinstance(model, dict) or not model.get("name"):
         raise UserError(f"{path}: field 'model.name' missing")
     return results
-
-
-def load_run(path: str | Path) -> Run:
-    path = resolve_results_path(path)
-    return Run(path=path, results=read_results(path))
 
 
 def load_runs(patterns: Iterable[str | Path]) -> list[Run]:
