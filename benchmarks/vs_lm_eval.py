@@ -16,9 +16,14 @@ the ratios and whether the per-document predictions agree, and writes it to WORK
     python benchmarks/vs_lm_eval.py --case mmlu --n 4 --lm-eval-python /work/lmeval-venv/bin/python
     python benchmarks/vs_lm_eval.py --case gsm8k --n 16 --max-new-tokens 64 --lm-eval-python ...
 
-Runners: `qwen-eval` (the CLI, model=qwen model.path=CKPT, no answer cache), `lm-eval` (its CLI
-with a task YAML over the prepared prompts, in its own virtual environment), `loop` (this file:
-transformers AutoModelForCausalLM, one prompt at a time, the way Qwen's evaluate_*.py scripts run).
+Runners: `qwen-eval` (the CLI, model=qwen model.path=CKPT, no answer cache, `--dtype`),
+`qwen-eval-bf16` (the same with model.dtype=bfloat16), `lm-eval` (its CLI with a task YAML over the
+prepared prompts, in its own virtual environment), `loop` (this file: transformers
+AutoModelForCausalLM, one prompt at a time, the way Qwen's evaluate_*.py scripts run), and with
+`--gguf` and `--llama-cpp-python` `llama-cpp` (llama.cpp through llama-cpp-python on the GGUF file
+itself, its quantized kernels: batch 1, each MMLU prompt reusing the KV cache of the tokens it shares
+with the previous one, GSM8K through create_completion at temperature 0). llama-cpp-python builds
+from source (`python -m venv V && V/bin/pip install llama-cpp-python`, about 5 minutes here).
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 LETTERS = ("A", "B", "C", "D")
@@ -46,6 +49,8 @@ TOKENIZER_VOCAB = 151851  # ids qwen.tiktoken defines; the embedding has padding
 
 def make_checkpoint(directory: Path, *, hidden: int, layers: int, heads: int, intermediate: int,
                     seed: int) -> None:
+    import torch
+
     from qwen_eval.model.loading import save_checkpoint
     from qwen_eval.model.model import Qwen, QwenConfig, init_weights
 
@@ -119,6 +124,7 @@ def lm_eval_task_yaml(case: str, prompts: Path, max_new_tokens: int) -> str:
 
 
 def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qwen_eval.requests import cut_at_stop
@@ -152,6 +158,50 @@ def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# llama.cpp (run in a child process of the llama-cpp-python venv: `vs_lm_eval.py llama ...`;
+# it imports neither torch nor qwen_eval)
+
+
+def run_llama(case: str, gguf: Path, prompts: Path, out: Path, max_length: int, threads: int) -> None:
+    import math
+
+    import numpy as np
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(model_path=str(gguf), n_ctx=max_length + 1024, n_threads=threads, n_threads_batch=threads,
+                n_batch=512, logits_all=False, verbose=False)
+    docs = [json.loads(line) for line in prompts.read_text(encoding="utf-8").splitlines()]
+    answer_start = time.perf_counter()
+    predictions, evaluated = {}, 0
+    for doc in docs:
+        ids = llm.tokenize(doc["context"].encode("utf-8"), add_bos=False, special=False)
+        if case == "mmlu":
+            ids = ids[-(max_length - 1):]  # qwen-eval's rule for a longer prompt
+            past = [int(t) for t in llm.input_ids[:llm.n_tokens]]
+            common = 0
+            while common < min(len(past), len(ids) - 1) and past[common] == ids[common]:
+                common += 1
+            llm.n_tokens = common  # eval() drops the cache past n_tokens and evaluates the rest
+            llm.eval(ids[common:])
+            evaluated += len(ids) - common
+            # without logits_all llama-cpp-python keeps no scores: the context's logits of the last token
+            logits = [float(x) for x in np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))]
+            top = max(logits)
+            log_z = top + math.log(sum(math.exp(x - top) for x in logits))
+            choice_ids = [llm.tokenize(c.encode("utf-8"), add_bos=False, special=False)[0] for c in doc["continuations"]]
+            scores = [logits[i] - log_z for i in choice_ids]
+            predictions[doc["doc_id"]] = LETTERS[max(range(4), key=scores.__getitem__)]
+        else:
+            result = llm.create_completion(doc["context"], max_tokens=doc["max_new_tokens"], temperature=0.0,
+                                           top_k=1, stop=doc["stop"])
+            predictions[doc["doc_id"]] = result["choices"][0]["text"]
+            evaluated += result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"]
+    out.write_text(json.dumps({"predictions": predictions, "answer_seconds": time.perf_counter() - answer_start,
+                               "load_seconds": answer_start - started, "tokens": evaluated}), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
 # Running and reading each runner
 
 
@@ -169,7 +219,7 @@ def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[
 
 def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, checkpoint: Path, work: Path,
                   dtype: str = "float32") -> dict:
-    out = work / f"qwen-eval-{case}"
+    out = work / f"qwen-eval-{case}-{dtype}"
     shutil.rmtree(out, ignore_errors=True)
     data = SHARED / ("mmlu" if case == "mmlu" else "gsm8k")
     cmd = [str(Path(sys.executable).with_name("qwen-eval")), f"task={case}", "model=qwen", f"model.path={checkpoint}",
@@ -177,7 +227,7 @@ def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, check
            "progress=false", f"model.dtype={dtype}"]
     if case == "gsm8k":
         cmd.append(f"task.max_new_tokens={max_new_tokens}")
-    stats = timed(cmd, work / f"qwen-eval-{case}.log")
+    stats = timed(cmd, work / f"qwen-eval-{case}-{dtype}.log")
     record = json.loads((out / "results.json").read_text())
     stats["answer_seconds"] = record["timing"]["answer_seconds"]
     stats["predictions"] = {}
@@ -226,6 +276,15 @@ def run_batch1_loop(case: str, checkpoint: Path, prompts: Path, work: Path) -> d
     return stats
 
 
+def run_llama_cpp(case: str, python: str, gguf: Path, prompts: Path, work: Path, max_length: int) -> dict:
+    out = work / f"llama-cpp-{case}.json"
+    stats = timed([python, __file__, "llama", case, str(gguf), str(prompts), str(out), str(max_length),
+                   str(os.cpu_count() or 1)], work / f"llama-cpp-{case}.log")
+    record = json.loads(out.read_text())
+    stats.update(predictions=record["predictions"], answer_seconds=record["answer_seconds"])
+    return stats
+
+
 def agreement(a: dict[str, str], b: dict[str, str]) -> str:
     same = sum(a.get(k) == v for k, v in b.items())
     return f"{same}/{len(b)}" + ("" if set(a) == set(b) else " (document sets differ)")
@@ -235,6 +294,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "loop":
         run_loop(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "llama":
+        run_llama(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", choices=("mmlu", "gsm8k"), required=True)
     p.add_argument("--n", type=int, default=4, help="MMLU: questions per subject; GSM8K: problems")
@@ -243,7 +305,9 @@ def main() -> None:
     p.add_argument("--lm-eval-python", default=None, help="python of the lm-eval 0.4.13 venv (skip lm-eval if unset)")
     p.add_argument("--lm-eval-batch-size", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=64, help="qwen-eval's batch_size (requests per engine call)")
-    p.add_argument("--runners", default="qwen-eval,lm-eval,loop")
+    p.add_argument("--runners", default="qwen-eval,qwen-eval-bf16,lm-eval,loop,llama-cpp")
+    p.add_argument("--llama-cpp-python", default=None, help="python of a venv with llama-cpp-python (skip llama-cpp if unset)")
+    p.add_argument("--max-length", type=int, default=2048, help="llama-cpp: the prompt length qwen-eval truncates to")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=8)
@@ -273,6 +337,10 @@ def main() -> None:
         results["qwen-eval"] = run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
                                              args.gguf or checkpoint, work, args.dtype)
         print(f"qwen-eval: {results['qwen-eval']['wall']:.1f} s", flush=True)
+    if "qwen-eval-bf16" in runners and args.dtype != "bfloat16":
+        results["qwen-eval-bf16"] = run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
+                                                  args.gguf or checkpoint, work, "bfloat16")
+        print(f"qwen-eval-bf16: {results['qwen-eval-bf16']['wall']:.1f} s", flush=True)
     if "lm-eval" in runners and args.lm_eval_python:
         results["lm-eval"] = run_lm_eval(args.case, args.lm_eval_python, args.lm_eval_batch_size, checkpoint,
                                          prompts, args.max_new_tokens, work)
@@ -280,6 +348,9 @@ def main() -> None:
     if "loop" in runners:
         results["loop"] = run_batch1_loop(args.case, checkpoint, prompts, work)
         print(f"loop: {results['loop']['wall']:.1f} s", flush=True)
+    if "llama-cpp" in runners and args.llama_cpp_python and args.gguf:
+        results["llama-cpp"] = run_llama_cpp(args.case, args.llama_cpp_python, args.gguf, prompts, work, args.max_length)
+        print(f"llama-cpp: {results['llama-cpp']['wall']:.1f} s", flush=True)
 
     base = results.get("qwen-eval")
     lines = [f"{args.case}: {n_docs} documents" + (f", max_new_tokens {args.max_new_tokens}" if args.case == "gsm8k" else ""),
