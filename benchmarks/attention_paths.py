@@ -19,6 +19,10 @@ Phases, as the engine runs them:
   prefill       B x T prompts into an empty cache (generation without a shared prefix).
   decode        S steps after that prefill, no prefix.
   rolling       one cache-less forward of L tokens (perplexity).
+  keep_rows     the cache alone: 64 rows (--light: 32) holding an 800-token prefix + 400 own
+                positions of a capacity of 400 + 256 new; rows finish one at a time, in a fixed
+                random order, until one is left (old: index_select of every layer; new: in-place
+                moves).
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old-rev", default=OLD_REV, help="git revision of the old model/model.py")
     p.add_argument("--kernels", default="sdpa", help="kernels of the new code to time (comma-separated)")
-    p.add_argument("--phases", default="mmlu_prefix,gsm8k_decode,prefill,decode,rolling")
+    p.add_argument("--phases", default="mmlu_prefix,gsm8k_decode,prefill,decode,rolling,keep_rows")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test of the script)")
+    p.add_argument("--light", action="store_true",
+                   help="the real shape with less work per phase (1 MMLU batch, 24 decode steps, 32 rows to drop)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return p.parse_args(argv)
 
@@ -79,12 +85,15 @@ def build_pair(old_module, quick: bool):
     return old, new
 
 
-def sizes(quick: bool) -> dict:
+def sizes(quick: bool, light: bool = False) -> dict:
+    if light and not quick:
+        return dict(prefix=450, batch=16, q_lo=40, q_hi=90, g_prefix=800, g_lo=50, g_hi=110, steps=24, p_batch=8,
+                    p_len=256, roll=1024, batches=1, drop_rows=32)
     if quick:
         return dict(prefix=40, batch=4, q_lo=8, q_hi=20, g_prefix=48, g_lo=6, g_hi=14, steps=6, p_batch=3, p_len=24,
-                    roll=64, batches=2)
+                    roll=64, batches=2, drop_rows=6)
     return dict(prefix=450, batch=16, q_lo=40, q_hi=90, g_prefix=800, g_lo=50, g_hi=110, steps=64, p_batch=8,
-                p_len=256, roll=2048, batches=4)
+                p_len=256, roll=2048, batches=4, drop_rows=64)
 
 
 def ids(gen, *shape_):
@@ -178,6 +187,36 @@ def rolling(model, s, gen_seed):
     return hidden[0, -8:], time.perf_counter() - start
 
 
+def keep_rows(model, s, gen_seed, new_api):
+    """Rows finishing one at a time; returns a checksum of what each survivor holds."""
+    rows = s["drop_rows"]
+    own, capacity = (12, 20) if rows < 8 else (400, 656)
+    cache = model.new_cache(rows, capacity)
+    shared = [torch.zeros(1, 8 if rows == 6 else 800, *cache.keys[0].shape[2:])] * len(cache.keys)
+    cache.load_prefix(shared, shared, 1.0)
+    for store in (cache.keys, cache.values):
+        for layer, t in enumerate(store):
+            t[:, :own] = torch.arange(rows, dtype=t.dtype)[:, None, None, None] + layer
+    cache.lengths += own
+    if new_api:
+        cache.host_lengths = [n + own for n in cache.host_lengths]
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(gen_seed)).tolist()
+    active = list(range(rows))
+    start = time.perf_counter()
+    for finished in order[:-1]:
+        keep = [p for p, r in enumerate(active) if r != finished]
+        if new_api:
+            from qwen_eval.model.engine import _fill_holes
+
+            keep = _fill_holes(keep)
+            cache.keep_rows(keep)
+        else:
+            cache.keep_rows(torch.tensor(keep))
+        active = [active[p] for p in keep]
+    seconds = time.perf_counter() - start
+    return torch.tensor([float(cache.keys[-1][0, :own].mean()), float(active[0])]), seconds
+
+
 def run_phase(name, model, s, new_api):
     if name == "mmlu_prefix":
         return mmlu_prefix(model, s, 1)
@@ -187,6 +226,8 @@ def run_phase(name, model, s, new_api):
         return prefill_and_decode(model, s, 3, new_api, decode_too=name == "decode")
     if name == "rolling":
         return rolling(model, s, 4)
+    if name == "keep_rows":
+        return keep_rows(model, s, 5, new_api)
     raise SystemExit(f"unknown phase {name!r}")
 
 
@@ -196,7 +237,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     old_module = load_old_module(args.old_rev)
     old, new = build_pair(old_module, args.quick)
-    s = sizes(args.quick)
+    s = sizes(args.quick, args.light)
     kernels = [k for k in args.kernels.split(",") if k]
     rows = []
     with torch.inference_mode():

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qwen_eval.model.attention import (KERNELS, MASK_BLOCK_ELEMENTS, AttentionMeta, AttentionUnavailable, KVCache,
-                                      attend, resolve_kernel)  # noqa: F401 (re-exported)
+from qwen_eval.model.attention import (KERNELS, AttentionMeta, AttentionUnavailable, KVCache, attend,
+                                      resolve_kernel)  # noqa: F401 (KERNELS, AttentionUnavailable, KVCache: re-exported)
 
 
 @dataclass
