@@ -21,8 +21,9 @@ Phases, as the engine runs them:
   rolling       one cache-less forward of L tokens (perplexity).
   keep_rows     the cache alone: 64 rows (--light: 32) holding an 800-token prefix + 400 own
                 positions of a capacity of 400 + 256 new; rows finish one at a time, in a fixed
-                random order, until one is left (old: index_select of every layer; new: in-place
-                moves).
+                random order, until one is left (old: index_select of every layer into new storage;
+                new: in place, only the rows after the first finished one move, only the positions
+                they hold).
 """
 
 from __future__ import annotations
@@ -130,13 +131,7 @@ def _decode(model, cache, logits, steps, finish, new_api):
         if not keep:
             break
         if len(keep) < len(active):
-            if new_api:
-                from qwen_eval.model.engine import _fill_holes
-
-                keep = _fill_holes(keep)
-                cache.keep_rows(keep)
-            else:
-                cache.keep_rows(torch.tensor(keep))
+            cache.keep_rows(keep if new_api else torch.tensor(keep))
             active = [active[p] for p in keep]
             logits = logits[keep]
         token = logits.argmax(-1, keepdim=True) % 500
@@ -205,13 +200,7 @@ def keep_rows(model, s, gen_seed, new_api):
     start = time.perf_counter()
     for finished in order[:-1]:
         keep = [p for p, r in enumerate(active) if r != finished]
-        if new_api:
-            from qwen_eval.model.engine import _fill_holes
-
-            keep = _fill_holes(keep)
-            cache.keep_rows(keep)
-        else:
-            cache.keep_rows(torch.tensor(keep))
+        cache.keep_rows(keep if new_api else torch.tensor(keep))
         active = [active[p] for p in keep]
     seconds = time.perf_counter() - start
     return torch.tensor([float(cache.keys[-1][0, :own].mean()), float(active[0])]), seconds

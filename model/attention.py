@@ -218,9 +218,10 @@ class KVCache:
     def keep_rows(self, rows: Tensor | list[int]) -> None:
         """Keep only these rows, in this order: new row i is old row rows[i] (decoding continues
         with them). Storage is not reallocated: only rows that change place are copied, in place,
-        and only the positions they hold; the storage then views its first len(rows) rows. (Give
-        rows that keep their places, e.g. the survivors with the last ones moved into the holes,
-        and one finished row costs one row's copy per layer.)"""
+        and only the positions they hold; the storage then views its first len(rows) rows. (The
+        engine keeps the survivors in order, so the rows before the first finished one stay put:
+        moving the last rows into the holes would copy less, but a row's place in the batch can
+        change a matmul's rounding, and with it an answer.)"""
         rows = [int(r) for r in (rows.tolist() if isinstance(rows, Tensor) else rows)]
         moved = [(i, r) for i, r in enumerate(rows) if i != r]
         filled = max((self.host_lengths[r] for _, r in moved), default=self.start) - self.start

@@ -61,17 +61,6 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _fill_holes(keep: list[int]) -> list[int]:
-    """The surviving rows (ascending) in an order that moves the fewest cache rows: each keeps its
-    place when it is among the first len(keep), and the later ones fill the places left free."""
-    n, survivors = len(keep), set(keep)
-    order = [p if p in survivors else -1 for p in range(n)]
-    holes = [p for p in range(n) if p not in survivors]
-    for hole, row in zip(holes, [p for p in keep if p >= n]):
-        order[hole] = row
-    return order
-
-
 class Engine:
     def __init__(self, model: Qwen, tokenizer, *, max_length: int = 2048, max_batch_tokens: int = 16384,
                  seed: int = 1234, stop_token_ids: Sequence[int] | None = None):
@@ -367,7 +356,8 @@ class Engine:
             if not keep:
                 break
             if len(keep) < len(active):
-                keep = _fill_holes(keep)  # survivors keep their cache rows; only the last ones move
+                # in order: a row's place in the batch can change a GEMM's rounding, so moving the
+                # last rows into the holes would change answers; the rows before the first hole stay
                 cache.keep_rows(keep)
                 active = [active[p] for p in keep]
                 chosen = [chosen[p] for p in keep]
