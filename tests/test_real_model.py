@@ -153,3 +153,26 @@ def test_chat_template_renders_as_transformers(ours, theirs):
         for add in (True, False):
             want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add)
             assert template.render(messages, add_generation_prompt=add) == want
+
+
+@torch.inference_mode()
+def test_bf16_on_cpu_agrees_with_fp32_where_fp32_is_not_a_near_tie(gguf_path, ours, shared_data):
+    """`model.dtype=bfloat16` on the CPU (the fast option; fp32 stays the default): the MMLU answer
+    log-probabilities of 12 questions stay within 0.15 of fp32's, and a prediction may differ only
+    where fp32's top two are within 0.05 (the margins benchmarks/compare_dtypes.py reports)."""
+    from qwen_eval.backends.qwen import QwenBackend
+    from qwen_eval.task import DataSpec
+    from qwen_eval.tasks.mmlu import MMLU
+
+    bf16 = QwenBackend.from_config({"name": "qwen", "path": str(gguf_path), "device": "cpu", "dtype": "bfloat16"})
+    assert {p.dtype for p in bf16.engine.model.parameters()} == {torch.bfloat16}
+    assert bf16.describe()["dtype"] == "bfloat16" and bf16.fingerprint != ours.fingerprint
+    task = MMLU(shots=5)
+    docs = [d for d in task.load(DataSpec("local", str(shared_data / "mmlu")), 6)
+            if d.doc_id.split("/")[0] in ("high_school_biology", "college_computer_science")]
+    requests = [r for d in docs for r in task.requests(d)]
+    for full, half in zip(ours.choice(requests), bf16.choice(requests)):
+        assert max(abs(a - b) for a, b in zip(full.logprobs, half.logprobs)) <= 0.15
+        top, second = sorted(full.logprobs, reverse=True)[:2]
+        if top - second > 0.05:
+            assert full.logprobs.index(top) == half.logprobs.index(max(half.logprobs))
