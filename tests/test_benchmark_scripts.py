@@ -55,7 +55,7 @@ def test_attention_paths_old_and_new_agree(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention_paths.py"), "--quick", "--repeats", "1",
                     "--kernels", "sdpa,math", "--json", str(out)], check=True, cwd=ROOT, capture_output=True)
     rows = json.loads(out.read_text())["rows"]
-    assert {r["phase"] for r in rows} == {"mmlu_prefix", "gsm8k_decode", "prefill", "decode", "rolling"}
+    assert {r["phase"] for r in rows} == {"mmlu_prefix", "gsm8k_decode", "prefill", "decode", "rolling", "keep_rows"}
     for r in rows:
         limit = 0.0 if r["variant"] in ("old", "new:sdpa") else 1e-5  # sdpa on CPU: bitwise the old paths
         assert r["max_abs_diff_vs_old"] <= limit, r
