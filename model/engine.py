@@ -74,7 +74,7 @@ class Engine:
         self.seed = seed
         self.device = next(model.parameters()).device
         self.tokens_processed = 0
-        # ids the tokenizer can decode; embedding rows past it are padding (spec quirk Q11)
+        # ids the tokenizer can decode; embedding rows past it are padding (docs/model.md, quirk Q11)
         self.decodable = min(getattr(tokenizer, "vocab_size", model.config.vocab_size), model.config.vocab_size)
         self._prefix: tuple[tuple[int, ...], float, LongContextOptions | None, list[Tensor], list[Tensor]] | None = None
 

@@ -2,7 +2,7 @@
 
     logits = model(input_ids)                       # [B, T] -> [B, T, V]
 
-Follows shared/design/qwen-architecture.md: pre-norm blocks of RMSNorm -> fused QKV (with bias)
+Follows docs/model.md: pre-norm blocks of RMSNorm -> fused QKV (with bias)
 -> rotate-half RoPE in fp32 -> attention -> RMSNorm -> SwiGLU MLP `down(up(x) * silu(gate(x)))`
 (Qwen-1's w1 is `up`, its w2 is the SiLU `gate`), final RMSNorm, lm_head.
 
@@ -14,7 +14,7 @@ Long context, as Qwen does it, each a switch:
 
 Positions are each token's true index in its own sequence. Batches are right-padded and the KV
 cache keeps one length per row, so a row's numbers never depend on what it is batched with.
-(The reference uses padded indices for left-padded batches — quirk Q1 — which only changes
+(The reference uses padded indices for left-padded batches — docs/model.md, quirk Q1 — which only changes
 LogN beyond seq_length in padded batches.) Attention, the KV cache and the choice of kernel
 (`set_attention`: auto, sdpa, flash, flex, math) are in attention.py: one entry point, `attend`,
 which every layer calls with the forward's metadata (ForwardMeta, computed once per forward).
@@ -86,7 +86,7 @@ PRESETS: dict[str, QwenConfig] = {
 def window_schedule(num_layers: int, seq_length: int, *, groups: int = 4) -> tuple[int, ...]:
     """The default layer-wise window sizes: lower layers see shorter windows.
 
-    Qwen never published its sizes (spec section 10; the maintainers' example was "first 4 layers
+    Qwen never published its sizes (docs/model.md, "Window attention"; the maintainers' example was "first 4 layers
     2048, next 4 layers 4096, then 8192..."). Ours: the layers split into `groups` equal bands,
     band g gets a window of seq_length * 2**g, and the top band attends fully (0).
     """
@@ -98,7 +98,7 @@ def window_schedule(num_layers: int, seq_length: int, *, groups: int = 4) -> tup
 
 
 # ---------------------------------------------------------------------------------------------
-# Long-context factors (spec sections 8 and 9)
+# Long-context factors (docs/model.md, "Dynamic NTK" and "LogN attention scaling")
 
 
 def ntk_alpha(length: int, seq_length: int) -> float:
@@ -153,7 +153,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # normalise in fp32, round to the activation dtype, then scale (spec section 6)
+        # normalise in fp32, round to the activation dtype, then scale (docs/model.md, "Precision")
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.to(x.dtype) * self.weight
