@@ -289,6 +289,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, meta: AttentionMeta, layer: int) -> 
     segments = meta.cache.segments(layer, meta.kv_len)
     if len(segments) == 1:
         return kernel.part(q, segments[0], window, meta, lse=False)[0]
+    if kernel is _KERNEL_IMPLS["sdpa"] and q.device.type == "cpu" and not window:
+        exact = kernel.cpu_cascade(q, segments, meta)
+        if exact is not None:
+            return exact
     parts = []
     for seg in segments:
         out, lse = kernel.part(q, seg, window, meta, lse=True)
@@ -466,6 +470,30 @@ class SdpaKernel:
             vis = _seg_visible(meta, seg, window, s, e)[:, :, lo:hi]
             outs.append(_sdpa(q[:, s:e], k[:, lo:hi], v[:, lo:hi], mask=vis[:, None]))
         return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+    def cpu_cascade(self, q, segments, meta):
+        """The cascade on CPU without a window, merged in the folded layout the kernels return:
+        bitwise the numbers of the CPU path this replaced (the generic merge reorders the parts
+        first, and torch's elementwise exp can differ by an ulp between memory layouts). None
+        when the own-key mask would exceed one block (the generic path blocks it)."""
+        prefix, own = segments
+        b, t, h, d = q.shape
+        kv, n = prefix.keys.shape[2], own.keys.shape[1]
+        g = h // kv
+        if b * t * g * n > MASK_BLOCK_ELEMENTS:
+            return None
+        qg = q.reshape(b, t, kv, g, d)  # query head = kv head * g + j
+        out_p, lse_p = _lse_attention(qg.permute(2, 0, 1, 3, 4).reshape(1, kv, b * t * g, d),
+                                      prefix.keys.transpose(1, 2), prefix.values.transpose(1, 2), None)
+        out_p = out_p.view(kv, b, t * g, d).transpose(0, 1)  # [B, kv, t*g, d]
+        lse_p = lse_p.view(kv, b, t * g).transpose(0, 1)
+        vis = _seg_visible(meta, own, 0)
+        mask = meta.cached(("float", own.start, n, 0, g, b), lambda: _float_mask(vis, q.dtype, g))
+        out_o, lse_o = _lse_attention(qg.permute(0, 2, 1, 3, 4).reshape(b, kv, t * g, d), own.keys.transpose(1, 2),
+                                      own.values.transpose(1, 2), mask)
+        lse = torch.logaddexp(lse_p.float(), lse_o.float())
+        out = out_p.float() * torch.exp(lse_p - lse)[..., None] + out_o.float() * torch.exp(lse_o - lse)[..., None]
+        return out.view(b, kv, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, h, d).to(q.dtype)
 
     def _part_lse(self, q, seg, window, meta):
         b, t, h, d = q.shape

@@ -315,3 +315,11 @@ def _prefixed(kernel, heads, kv_heads, window):
     fill(cache, [0, 5, 12], kv_heads, 16, seed=6, start=23)
     q, k, v = tensors(3, 7, heads, kv_heads, 16, seed=7)
     return run(kernel, q, k, v, torch.tensor([23, 28, 35]), cache, window)
+
+
+def test_the_exact_cpu_cascade_equals_the_generic_merge(monkeypatch):
+    """sdpa on CPU without a window merges in the kernels' own layout (bitwise the old path);
+    the generic per-part merge, which windows and CUDA take, gives the same attention."""
+    exact = _prefixed("sdpa", 4, 2, 0)
+    monkeypatch.setattr(attention_module.SdpaKernel, "cpu_cascade", lambda self, q, segments, meta: None)
+    assert max_abs_diff(_prefixed("sdpa", 4, 2, 0), exact) < 1e-6
