@@ -217,15 +217,18 @@ class BBH(Task):
     # --- prompt ---
 
     def prompt(self, doc: BBHDoc) -> str:
-        if doc.task not in self.cot_prompts:  # documents made without `load`: the package's prompts
-            self.cot_prompts[doc.task] = read_cot_prompt(sample_dir(self.name) / "cot-prompts" / f"{doc.task}.txt")
-        return self.cot_prompts[doc.task] + f"\n\nQ: {doc.input}{COT_ANSWER}"
+        return self.cot_prompt(doc.task) + f"\n\nQ: {doc.input}{COT_ANSWER}"
+
+    def cot_prompt(self, task: str) -> str:
+        """The worked examples of `task`'s CoT prompt (read by `load`, else from the package)."""
+        if task not in self.cot_prompts:  # documents made without `load`: the package's prompts
+            self.cot_prompts[task] = read_cot_prompt(sample_dir(self.name) / "cot-prompts" / f"{task}.txt")
+        return self.cot_prompts[task]
 
     def fewshot(self, doc: BBHDoc) -> FewShot:
         """The CoT prompt file split at its questions: the task description, then each worked
         example as "Q: ...\\nA: Let's think step by step." and its reasoning."""
-        self.prompt(doc)  # reads the task's prompt file
-        description, *examples = self.cot_prompts[doc.task].split("\n\nQ: ")
+        description, *examples = self.cot_prompt(doc.task).split("\n\nQ: ")
         pairs = [e.partition(COT_ANSWER)[::2] for e in examples]
         delimiters = {a[:1] for _, a in pairs}  # "\n", or " " in sports_understanding
         if len(delimiters) != 1 or not delimiters <= {"\n", " "}:

@@ -169,6 +169,10 @@ class GSM8K(Task):
         shots = exemplars()[:self.shots] if self.prompt_style == "base" else []
         # shots=8 is the file byte for byte (it ends in "\n"); fewer keep the first k examples.
         self.prefix = "\n\n".join(shots) + "\n" if shots else ""
+        # the same shots as (question line, worked answer), for chat.fewshot_as_multiturn
+        self.shot_pairs = tuple((q + "\n" + COT_TRIGGER, a) for q, a in
+                                (e.split("\n" + COT_TRIGGER + "\n", 1) for e in shots))
+        self.chat_prefix = chat_fewshot_prompt() if self.prompt_style == "qwen_chat_fewshot" else ""
 
     # --- data ---
 
@@ -207,16 +211,14 @@ class GSM8K(Task):
         if self.prompt_style == "qwen_chat":
             return doc.question
         if self.prompt_style == "qwen_chat_fewshot":
-            return chat_fewshot_prompt() + "Question: " + doc.question + "\n" + COT_TRIGGER
+            return self.chat_prefix + "Question: " + doc.question + "\n" + COT_TRIGGER
         text = self.prefix + "\nQuestion: " + doc.question + "\n" + COT_TRIGGER + "\n"
         return text if self.prefix else text[1:]  # zero-shot: no blank line before the question
 
     def fewshot(self, doc: GSM8KDoc) -> FewShot | None:
         if self.prompt_style != "base":
             return None
-        shots = tuple(tuple(e.split("\n" + COT_TRIGGER + "\n", 1)) for e in exemplars()[:self.shots])
-        return FewShot("", tuple((q + "\n" + COT_TRIGGER, a) for q, a in shots),
-                       "Question: " + doc.question + "\n" + COT_TRIGGER + "\n", target_delimiter="\n")
+        return FewShot("", self.shot_pairs, "Question: " + doc.question + "\n" + COT_TRIGGER + "\n", target_delimiter="\n")
 
     def requests(self, doc: GSM8KDoc) -> list[Generate]:
         if self.prompt_style != "base":

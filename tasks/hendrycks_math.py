@@ -121,8 +121,9 @@ class MATH(Task):
         if self.options["subset"] not in SUBSETS:
             raise UserError(f"task.subset={self.options['subset']!r} is not a subset; valid: {', '.join(SUBSETS)}")
         self.max_new_tokens = int(self.options["max_new_tokens"])
-        self.prefix = "".join(format_example(e["problem"], e["solution"]) + "\n\n"
-                              for e in minerva_examples()[:self.shots])
+        examples = minerva_examples()[:self.shots]
+        self.prefix = "".join(format_example(e["problem"], e["solution"]) + "\n\n" for e in examples)
+        self.shot_pairs = tuple((format_example(e["problem"]), e["solution"]) for e in examples)
         self.checker = EquivalenceChecker(timeout=float(self.options["equiv_timeout"]))
 
     # --- data ---
@@ -198,8 +199,7 @@ class MATH(Task):
         return self.prefix + format_example(doc.problem)
 
     def fewshot(self, doc: MathDoc) -> FewShot:
-        return FewShot("", tuple((format_example(e["problem"]), e["solution"]) for e in minerva_examples()[:self.shots]),
-                       format_example(doc.problem), target_delimiter="\n")
+        return FewShot("", self.shot_pairs, format_example(doc.problem), target_delimiter="\n")
 
     def requests(self, doc: MathDoc) -> list[Generate]:
         return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]
