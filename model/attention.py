@@ -188,6 +188,28 @@ class KVCache:
         self.host_lengths = [self.start] * self.batch_size
         self.alphas = [alpha] * self.batch_size
 
+    @classmethod
+    def stacked(cls, caches: list["KVCache"], capacity: int) -> "KVCache":
+        """One cache holding the rows of `caches` in order, every position in the row's own
+        storage (a shared prefix copied into each row it served), room for `capacity` positions a
+        row: rows prefilled after different prefixes then decode as one batch."""
+        k0 = caches[0].keys[0]
+        out = cls(len(caches[0].keys), sum(c.batch_size for c in caches), capacity, k0.shape[2], k0.shape[3],
+                  dtype=k0.dtype, device=k0.device)
+        row = 0
+        for c in caches:
+            n, own = c.batch_size, max(c.host_lengths) - c.start
+            for layer in range(len(out.keys)):
+                for side, (store, src) in enumerate(((out.keys, c.keys), (out.values, c.values))):
+                    if c.prefix is not None:
+                        store[layer][row:row + n, :c.start] = c.prefix[layer][side]  # [1, P] to every row
+                    store[layer][row:row + n, c.start:c.start + own] = src[layer][:, :own]
+            row += n
+        out.lengths = torch.cat([c.lengths for c in caches])
+        out.host_lengths = [n for c in caches for n in c.host_lengths]
+        out.alphas = [a for c in caches for a in c.alphas]
+        return out
+
     def update(self, layer: int, positions: Tensor, keys: Tensor, values: Tensor) -> None:
         """Write keys and values [B, T, kv_heads, hd] at positions [B, T] (each >= start)."""
         b, t = positions.shape

@@ -23,11 +23,13 @@ import torch
 from torch import Tensor
 
 from qwen_eval.errors import UserError
+from qwen_eval.model.attention import KVCache
 from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, window_schedule
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
 from qwen_eval.requests import (WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult, LongContext,
                                 Rolling, RollingResult, cut_at_stop, request_key)
 
+POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._decode_sets)
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
 
@@ -299,29 +301,60 @@ class Engine:
     def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
         rows = [(i, s) for i, r in enumerate(requests) for s in range(r.n)]
         prompts = self.tokenizer.encode_batch([r.context for r in requests])
-        texts: dict[tuple[int, int], str] = {}
         tokens = [prompts[i] for i, _ in rows]
+        generators = [self._row_generator(requests[i], s) for i, s in rows]
+        texts: list[str] = [""] * len(rows)
+        for decode_set in self._decode_sets(tokens, [requests[i].max_new_tokens for i, _ in rows]):
+            set_rows = [k for batch in decode_set for k in batch]
+            outs = self._generate_set([[tokens[k] for k in batch] for batch in decode_set],
+                                      [requests[rows[k][0]] for k in set_rows], [generators[k] for k in set_rows])
+            for k, text in zip(set_rows, outs):
+                texts[k] = text
+        by_row = dict(zip(rows, texts))
+        return [GenerateResult(tuple(by_row[(i, s)] for s in range(r.n))) for i, r in enumerate(requests)]
+
+    def _decode_sets(self, tokens: list[list[int]], max_new: list[int]) -> list[list[list[int]]]:
+        """Prefill batches (row indices), grouped into the sets that decode together.
+
+        A prefill batch is rows of one prefix group within the token budget, the shared prefix
+        counted once. A batch of POOL_BELOW_ROWS rows or more decodes on its own, reading its
+        prefix by reference; smaller ones (BBH with a `limit`: 27 prompts of 2 rows each) join
+        other small batches up to the budget, every row then holding a copy of its prefix,
+        since each decoding run costs a full read of the weights per step whatever its width.
+        """
         alphas = self.model.row_alphas([len(t) for t in tokens])
+        batches: list[list[int]] = []
         for prefix_group in self._prefix_groups(tokens, alphas):
             # a shared prefix is held once for the batch, so a row costs its own tokens
             shared = _common_prefix([tokens[k] for k in prefix_group]) if len(prefix_group) > 1 else 0
             order = sorted(prefix_group, key=lambda k: -len(tokens[k]))
-            budget_len = [len(t) - shared + requests[i].max_new_tokens for t, (i, _) in zip(tokens, rows)]
-            for group in self._batches(order, budget_len, split_padding=False):
-                group_rows = [rows[k] for k in group]
-                outs = self._generate_group([prompts[i] for i, _ in group_rows], [requests[i] for i, _ in group_rows],
-                                            [self._row_generator(requests[i], s) for i, s in group_rows])
-                texts.update(zip(group_rows, outs))
-        return [GenerateResult(tuple(texts[(i, s)] for s in range(r.n))) for i, r in enumerate(requests)]
+            budget_len = {k: len(tokens[k]) - shared + max_new[k] for k in prefix_group}
+            batches += self._batches(order, [budget_len.get(k, 0) for k in range(len(tokens))],
+                                     split_padding=False)
+        sets: list[list[list[int]]] = []
+        pool: list[list[int]] = []
+        pool_width = 0
+        for batch in batches:
+            if len(batch) >= POOL_BELOW_ROWS:
+                sets.append([batch])
+                continue
+            width = max(pool_width, max(len(tokens[k]) + max_new[k] for k in batch))
+            if pool and width * (sum(map(len, pool)) + len(batch)) > self.max_batch_tokens:
+                sets.append(pool)
+                pool, width = [], max(len(tokens[k]) + max_new[k] for k in batch)
+            pool.append(batch)
+            pool_width = width
+        return sets + ([pool] if pool else [])
 
-    def _generate_group(self, prompts: list[list[int]], requests: list[Generate], generators: list) -> list[str]:
+    def _prefill(self, prompts: list[list[int]], extra: int) -> tuple[KVCache, Tensor]:
+        """The prompts of one prefill batch in a cache with room for `extra` more tokens a row
+        (after their shared prefix, if any, read by reference), and each row's next-token logits."""
         n = len(prompts)
         lengths = [len(p) for p in prompts]
         alphas = self.model.row_alphas(lengths)  # NTK alpha fixed at prefill, as Qwen does
         shared, keys, values = self._shared_prefix(prompts, alphas, None, min(lengths) - 1)
         width = max(lengths) - shared
-        max_new = max(r.max_new_tokens for r in requests)
-        cache = self.model.new_cache(n, width + max_new)  # after the shared prefix, if any
+        cache = self.model.new_cache(n, width + extra)  # after the shared prefix, if any
         ids = torch.zeros(n, width, dtype=torch.long)
         for b, p in enumerate(prompts):
             ids[b, :len(p) - shared] = torch.tensor(p[shared:])
@@ -334,8 +367,24 @@ class Engine:
             hidden = self.model.prefill_cache(cache, ids, suffix)
         self.tokens_processed += int(suffix.sum())
         last = hidden[torch.arange(n, device=self.device), suffix - 1]
-        logits = self.model.logits(last)
+        return cache, self.model.logits(last)
 
+    def _generate_set(self, batches: list[list[list[int]]], requests: list[Generate], generators: list
+                      ) -> list[str]:
+        """Generate for every row of a decode set (its prefill batches' prompts, in order)."""
+        max_new = max(r.max_new_tokens for r in requests)
+        if len(batches) == 1:
+            cache, logits = self._prefill(batches[0], max_new)
+        else:
+            prefilled = [self._prefill(prompts, 0) for prompts in batches]
+            width = max(len(p) for prompts in batches for p in prompts)
+            cache = KVCache.stacked([c for c, _ in prefilled], width + max_new)
+            logits = torch.cat([lg for _, lg in prefilled])
+        return self._decode(cache, logits, requests, generators)
+
+    def _decode(self, cache: KVCache, logits: Tensor, requests: list[Generate], generators: list) -> list[str]:
+        """Greedy or sampled decoding of every cache row from its first logits until it stops."""
+        n = len(requests)
         stop_ids = self.stop_token_ids
         stop_bytes = [[s.encode("utf-8") for s in r.stop if s] for r in requests]
         tail = [max((len(s) for s in sb), default=0) + 1 for sb in stop_bytes]

@@ -114,6 +114,57 @@ def test_prefix_reuse_does_not_change_answers(model, tokenizer, monkeypatch):
     assert with_prefix[n:] == without[n:]
 
 
+def several_prefix_requests() -> list[Generate]:
+    """Two few-shot prompts (different subjects) with two questions each, and three prompts that
+    share no prefix worth computing once: three prefill batches of two or three rows."""
+    shots = [SHOTS, SHOTS.replace("astronomy", "planetary science").replace("Sun", "star"),
+             "Questions about the Moon, answered briefly.\n\nQ: What is the Moon?\nA: Earth's satellite.\n\n"]
+    requests = [Generate(s + q + "\nAnswer:", stop=("\n\n",), max_new_tokens=6) for s in shots for q in QUESTIONS[:2]]
+    return requests + [Generate("Once upon a time", max_new_tokens=9)]
+
+
+def test_small_prefill_batches_decode_together(model, tokenizer, monkeypatch):
+    """Prompts of several prefix groups with a few rows each (BBH with a limit) decode as one
+    batch, each row holding a copy of its prefix: one decoding run instead of one per group,
+    and the texts each request gets alone."""
+    requests = several_prefix_requests()
+    engine = Engine(model, tokenizer)
+    sets = engine._decode_sets(tokenizer.encode_batch([r.context for r in requests]),
+                               [r.max_new_tokens for r in requests])
+    assert len(sets) == 1 and len(sets[0]) == 3  # three prefill batches, one decode set
+    decode_steps = []
+    forward = model.forward
+
+    def counting(input_ids, **kwargs):
+        if input_ids.shape[1] == 1:
+            decode_steps.append(input_ids.shape[0])
+        return forward(input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    together = [r.texts for r in engine.generate(requests)]
+    assert len(decode_steps) <= max(r.max_new_tokens for r in requests) and max(decode_steps) > 2
+    monkeypatch.setattr(engine_module, "POOL_BELOW_ROWS", 1)  # every batch decodes on its own
+    apart = [r.texts for r in Engine(model, tokenizer).generate(requests)]
+    alone = [Engine(model, tokenizer).generate([r])[0].texts for r in requests]
+    assert together == apart == alone
+    assert all(t[0] for t in together)
+
+
+def test_the_token_budget_splits_decode_sets(model, tokenizer):
+    """A budget too small for all rows at once gives several decode sets, none over the budget."""
+    requests = several_prefix_requests()
+    engine = Engine(model, tokenizer, max_batch_tokens=200)
+    tokens = tokenizer.encode_batch([r.context for r in requests])
+    sets = engine._decode_sets(tokens, [r.max_new_tokens for r in requests])
+    assert len(sets) > 1
+    assert sorted(k for s in sets for b in s for k in b) == list(range(len(requests)))
+    for s in sets:
+        rows = [k for b in s for k in b]
+        if len(s) > 1:
+            assert max(len(tokens[k]) + requests[k].max_new_tokens for k in rows) * len(rows) <= 200
+    assert [r.texts for r in engine.generate(requests)] == [r.texts for r in Engine(model, tokenizer).generate(requests)]
+
+
 @torch.inference_mode()
 def test_continuations_score_exactly(model, tokenizer):
     """Each continuation's log-probability is the sum over its tokens from one plain forward of
