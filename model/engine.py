@@ -26,9 +26,10 @@ from qwen_eval.errors import UserError
 from qwen_eval.model.attention import KVCache
 from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, window_schedule
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
-from qwen_eval.requests import (WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult, LongContext,
+from qwen_eval.requests import (DEFAULT_MAX_LENGTH, WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult, LongContext,
                                 Rolling, RollingResult, cut_at_stop, request_key)
 
+DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward (model.max_batch_tokens)
 POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._decode_sets)
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
@@ -64,7 +65,8 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
 
 
 class Engine:
-    def __init__(self, model: Qwen, tokenizer, *, max_length: int = 2048, max_batch_tokens: int = 16384,
+    def __init__(self, model: Qwen, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                  seed: int = 1234, stop_token_ids: Sequence[int] | None = None):
         """stop_token_ids: generation ends at any of these ids (the checkpoint's eos ids, for an
         instruct model its end of turn); None: the tokenizer's <|endoftext|> only."""

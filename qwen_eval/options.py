@@ -156,7 +156,9 @@ def check_options(group: str, choice: str, values: Mapping[str, Any], defaults: 
             has = f"has: {', '.join(known)}" if known else "has no options"
             raise UserError(f"unknown config key {full!r}{suggest(str(key), known)} ({group} {choice} {has})")
         default = defaults[key]
-        if value is None or default is None:  # null: the code's default; a null default takes anything
+        if value is not None and default is None and key in COUNT_OPTIONS + NONNEGATIVE_OPTIONS:
+            _count(full, value, 0 if key in NONNEGATIVE_OPTIONS else 1, "or null for the default")
+        if value is None or default is None:  # null: the code's default; a null default takes any other value
             continue
         seconds = key in SECONDS_OPTIONS and isinstance(value, float)
         if not seconds and not _same_type(value, default):

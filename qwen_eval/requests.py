@@ -47,6 +47,9 @@ class Choice:
     kind: ClassVar[str] = "choice"
 
 
+DEFAULT_MAX_LENGTH = 2048  # context in tokens where neither the checkpoint, the config nor the server says
+
+
 @dataclass(frozen=True)
 class Generate:
     """Text generated after the context, cut at the first stop string (the stop string is removed).

@@ -66,6 +66,12 @@ def test_the_sandbox_block_is_defined_once(composer):
     (["task=gsm8k", "task.max_new_tokens=x"], "task.max_new_tokens='x' must be a whole number (the default is 512)"),
     (["task=humaneval", "task.sandbox.timeout=soon"], "task.sandbox.timeout='soon' must be a whole number (the default is 10)"),
     (["task=mbpp", "task.sandbox.memory_mb=0"], "task.sandbox.memory_mb=0 must be a whole number >= 1"),
+    # options whose default is null (the code's default) are still counts when set
+    (["model=qwen", "model.max_batch_tokens=abc"],
+     "model.max_batch_tokens='abc' must be a whole number >= 1 (or null for the default)"),
+    (["model=hf", "model.max_length=0"], "model.max_length=0 must be a whole number >= 1 (or null for the default)"),
+    (["model=replay", "model.max_new_tokens=many"],
+     "model.max_new_tokens='many' must be a whole number >= 1 (or null for the default)"),
 ])
 def test_bad_options_are_one_clear_error_at_composition(composer, overrides, message):
     with pytest.raises(UserError) as error:
@@ -83,6 +89,34 @@ def test_the_bundled_presets_share_one_base_and_restate_none_of_it():
         own = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
         own.pop("defaults")
         assert [k for k, v in own.items() if k in base and base[k] == v] == [], name
+
+
+def test_no_model_preset_restates_what_its_bases_define():
+    """conf/model_base/every_backend.yaml holds what every backend has (max_new_tokens), bundled.yaml
+    what the bundled engine's presets share; a preset sets only keys its bases lack or changes."""
+    def keys(path: Path) -> dict:
+        own = OmegaConf.to_container(OmegaConf.load(path))
+        own.pop("defaults", None)
+        return own
+
+    every = keys(CONF / "model_base" / "every_backend.yaml")
+    assert list(every) == ["max_new_tokens"]
+    assert not set(every) & set(keys(CONF / "model_base" / "bundled.yaml"))
+    for name in _names("model"):
+        text = (CONF / "model" / f"{name}.yaml").read_text()
+        assert "/model_base/every_backend@_here_" in text or "/model_base/bundled@_here_" in text, name
+        assert not set(every) & set(keys(CONF / "model" / f"{name}.yaml")) or name == "tiny", name
+
+
+def test_the_engine_defaults_live_in_the_engine(composer):
+    """The bundled engine's batch budget is null in the YAML: Engine's own default, one number."""
+    from qwen_eval.model.engine import DEFAULT_MAX_BATCH_TOKENS, Engine
+    from qwen_eval.requests import DEFAULT_MAX_LENGTH
+
+    assert composer("model=qwen").model.max_batch_tokens is None
+    assert composer("model=hf").model.max_length is None
+    defaults = Engine.__init__.__kwdefaults__
+    assert (defaults["max_batch_tokens"], defaults["max_length"]) == (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH)
 
 
 def test_each_tasks_default_shots_are_the_model_cards(composer):

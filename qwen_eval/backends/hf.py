@@ -20,7 +20,7 @@ from qwen_eval.errors import UserError
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
-from qwen_eval.requests import (Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult,
+from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult,
                                 cut_at_stop, request_key)
 
 
@@ -60,9 +60,10 @@ class HFBackend(Backend):
         except (OSError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"model=hf: cannot load a checkpoint from {path} ({first})") from None
-        digest = hashlib.sha256(f"{weights_fingerprint(Path(path))}:{dtype}:{cfg.get('max_length')}:{seed}".encode())
+        max_length = int(cfg.get("max_length") or DEFAULT_MAX_LENGTH)
+        digest = hashlib.sha256(f"{weights_fingerprint(Path(path))}:{dtype}:{max_length}:{seed}".encode())
         return cls(model, tokenizer, name=str(cfg.get("name") or "hf"), path=path,
-                   max_length=int(cfg.get("max_length") or 2048), fingerprint="hf-" + digest.hexdigest()[:16],
+                   max_length=max_length, fingerprint="hf-" + digest.hexdigest()[:16],
                    dtype=dtype, seed=seed, batch_rows=int(cfg.get("batch_rows") or 16))
 
     def describe(self) -> dict[str, Any]:
