@@ -17,11 +17,12 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from qwen_eval.errors import UserError
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: a run that writes none starts faster
+    import pandas as pd
 
 SOURCES_FILE = "sources.json"
 BASE_VARIANT = "base"
@@ -101,6 +102,8 @@ def _read_sources(path: Path) -> dict[str, Any]:
 
 
 def _parse(path: Path, meta: dict[str, Any]) -> ReferenceTable:
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
