@@ -157,7 +157,8 @@ def test_real_model_ceval_replies():
     characters by a letter matches step 2 first, so a reply that walks through the options
     ("分析每个选项：\\n\\nA. ...") is read as A whatever its conclusion (6 replies, and one that
     opens with the options list is read by step 4); and `\\boxed{A}` is missed by step 2 (the
-    letter must be followed by punctuation, not `}`), so a 3倍 in the text, rewritten to B, wins."""
+    letter must be followed by punctuation, not `}`), so a 3倍 in the text, rewritten to B, wins.
+    Two misreads cost a right answer and two credit a wrong one: the score is unchanged."""
     records = json.loads(REAL_REPLIES.read_text(encoding="utf-8"))["ceval"]
     misread = []
     for r in records:
@@ -167,6 +168,8 @@ def test_real_model_ceval_replies():
     assert len(records) == 52 and sum(r["meant"] is not None for r in records) == 44
     assert misread == ["college_programming/0", "college_physics/0", "college_chemistry/0", "high_school_biology/0",
                        "middle_school_physics/0", "law/0", "high_school_chinese/0", "fire_engineer/0"]
+    assert sum(r["letter"] == r["gold"] for r in records) == sum((r["meant"] or r["letter"]) == r["gold"]
+                                                                 for r in records) == 13
 
 
 def _humaneval_chat_records():
