@@ -189,21 +189,30 @@ class KVCache:
         self.alphas = [alpha] * self.batch_size
 
     @classmethod
-    def stacked(cls, caches: list["KVCache"], capacity: int) -> "KVCache":
-        """One cache holding the rows of `caches` in order, every position in the row's own
-        storage (a shared prefix copied into each row it served), room for `capacity` positions a
-        row: rows prefilled after different prefixes then decode as one batch."""
-        k0 = caches[0].keys[0]
-        out = cls(len(caches[0].keys), sum(c.batch_size for c in caches), capacity, k0.shape[2], k0.shape[3],
-                  dtype=k0.dtype, device=k0.device)
+    def stacked(cls, caches: list["KVCache"], room: int) -> "KVCache":
+        """One cache holding the rows of `caches` in order, with room for `room` more positions
+        after its longest row: rows prefilled apart (after different prefixes, or a running
+        batch and newcomers) then decode as one batch. A prefix all of them read by reference
+        (the same tensors) stays shared; otherwise every row gets its own copy of its prefix."""
+        first = caches[0]
+        shared = first.prefix is not None and all(
+            c.prefix is not None and c.start == first.start
+            and all(a[0].data_ptr() == b[0].data_ptr() for a, b in zip(c.prefix, first.prefix)) for c in caches[1:])
+        start = first.start if shared else 0
+        k0 = first.keys[0]
+        longest = max(n for c in caches for n in c.host_lengths)
+        out = cls(len(first.keys), sum(c.batch_size for c in caches), longest - start + room, k0.shape[2],
+                  k0.shape[3], dtype=k0.dtype, device=k0.device)
+        if shared:
+            out.prefix, out.start = first.prefix, start
         row = 0
         for c in caches:
-            n, own = c.batch_size, max(c.host_lengths) - c.start
+            n, own, at = c.batch_size, max(c.host_lengths) - c.start, c.start - start
             for layer in range(len(out.keys)):
                 for side, (store, src) in enumerate(((out.keys, c.keys), (out.values, c.values))):
-                    if c.prefix is not None:
+                    if c.prefix is not None and not shared:
                         store[layer][row:row + n, :c.start] = c.prefix[layer][side]  # [1, P] to every row
-                    store[layer][row:row + n, c.start:c.start + own] = src[layer][:, :own]
+                    store[layer][row:row + n, at:at + own] = src[layer][:, :own]
             row += n
         out.lengths = torch.cat([c.lengths for c in caches])
         out.host_lengths = [n for c in caches for n in c.host_lengths]

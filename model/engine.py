@@ -31,6 +31,7 @@ from qwen_eval.requests import (DEFAULT_MAX_LENGTH, WINDOW_SCHEDULE, Choice, Cho
 
 DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward (model.max_batch_tokens)
 POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._decode_sets)
+REFILL_RATIO = 4  # the next decode set joins when the running rows are a quarter of it (Engine._decode)
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
 
@@ -304,15 +305,10 @@ class Engine:
         rows = [(i, s) for i, r in enumerate(requests) for s in range(r.n)]
         prompts = self.tokenizer.encode_batch([r.context for r in requests])
         tokens = [prompts[i] for i, _ in rows]
+        row_requests = [requests[i] for i, _ in rows]
         generators = [self._row_generator(requests[i], s) for i, s in rows]
-        texts: list[str] = [""] * len(rows)
-        for decode_set in self._decode_sets(tokens, [requests[i].max_new_tokens for i, _ in rows]):
-            set_rows = [k for batch in decode_set for k in batch]
-            outs = self._generate_set([[tokens[k] for k in batch] for batch in decode_set],
-                                      [requests[rows[k][0]] for k in set_rows], [generators[k] for k in set_rows])
-            for k, text in zip(set_rows, outs):
-                texts[k] = text
-        by_row = dict(zip(rows, texts))
+        sets = self._decode_sets(tokens, [r.max_new_tokens for r in row_requests])
+        by_row = dict(zip(rows, self._decode(sets, tokens, row_requests, generators)))
         return [GenerateResult(tuple(by_row[(i, s)] for s in range(r.n))) for i, r in enumerate(requests)]
 
     def _decode_sets(self, tokens: list[list[int]], max_new: list[int]) -> list[list[list[int]]]:
@@ -371,41 +367,55 @@ class Engine:
         last = hidden[torch.arange(n, device=self.device), suffix - 1]
         return cache, self.model.logits(last)
 
-    def _generate_set(self, batches: list[list[list[int]]], requests: list[Generate], generators: list
-                      ) -> list[str]:
-        """Generate for every row of a decode set (its prefill batches' prompts, in order)."""
-        max_new = max(r.max_new_tokens for r in requests)
+    def _prefill_set(self, batches: list[list[int]], tokens: list[list[int]], requests: list[Generate]
+                     ) -> tuple[KVCache, Tensor]:
+        """A decode set's rows (its prefill batches, in order) in one cache, and their first logits."""
+        room = max(requests[k].max_new_tokens for batch in batches for k in batch)
         if len(batches) == 1:
-            cache, logits = self._prefill(batches[0], max_new)
-        else:
-            prefilled = [self._prefill(prompts, 0) for prompts in batches]
-            width = max(len(p) for prompts in batches for p in prompts)
-            cache = KVCache.stacked([c for c, _ in prefilled], width + max_new)
-            logits = torch.cat([lg for _, lg in prefilled])
-        return self._decode(cache, logits, requests, generators)
+            return self._prefill([tokens[k] for k in batches[0]], room)
+        prefilled = [self._prefill([tokens[k] for k in batch], 0) for batch in batches]
+        return KVCache.stacked([c for c, _ in prefilled], room), torch.cat([lg for _, lg in prefilled])
 
-    def _decode(self, cache: KVCache, logits: Tensor, requests: list[Generate], generators: list) -> list[str]:
-        """Greedy or sampled decoding of every cache row from its first logits until it stops."""
-        n = len(requests)
+    def _decode(self, sets: list[list[list[int]]], tokens: list[list[int]], requests: list[Generate],
+                generators: list) -> list[str]:
+        """Greedy or sampled decoding of every row (an index into requests), set after set.
+
+        The next set joins the running batch once its rows are down to a quarter of the
+        newcomers (REFILL_RATIO): a few long answers' last steps then carry the next set's rows
+        instead of running nearly empty, since a step costs a read of the weights however few
+        rows it holds. (The batch is then at most 1.25 budgets.)
+        """
         stop_ids = self.stop_token_ids
         stop_bytes = [[s.encode("utf-8") for s in r.stop if s] for r in requests]
         tail = [max((len(s) for s in sb), default=0) + 1 for sb in stop_bytes]
-        generated: list[list[int]] = [[] for _ in range(n)]
-        active = list(range(n))  # original row index of each cache row
-        while active:
-            chosen = self._next_tokens(logits, [requests[i] for i in active], [generators[i] for i in active]).tolist()
+        generated: list[list[int]] = [[] for _ in requests]
+        pending = list(sets)
+        active: list[int] = []  # the row each cache row holds
+        cache = logits = None
+        while active or pending:
+            if pending and REFILL_RATIO * len(active) <= sum(map(len, pending[0])):
+                newcomers = [k for batch in pending[0] for k in batch]
+                new_cache, new_logits = self._prefill_set(pending.pop(0), tokens, requests)
+                if active:  # the running rows first, in their order, then the newcomers
+                    room = max(requests[k].max_new_tokens - len(generated[k]) for k in active + newcomers)
+                    cache, logits = KVCache.stacked([cache, new_cache], room), torch.cat([logits, new_logits])
+                else:
+                    cache, logits = new_cache, new_logits
+                active = active + newcomers
+            chosen = self._next_tokens(logits, [requests[k] for k in active], [generators[k] for k in active]).tolist()
             keep = []
-            for pos, (i, tok) in enumerate(zip(active, chosen)):
-                if tok in stop_ids or requests[i].max_new_tokens <= 0:  # max_new_tokens=0: no token
+            for pos, (k, tok) in enumerate(zip(active, chosen)):
+                if tok in stop_ids or requests[k].max_new_tokens <= 0:  # max_new_tokens=0: no token
                     continue
-                generated[i].append(tok)
-                recent = self.tokenizer.decode_bytes(generated[i][-tail[i]:])
-                if any(s in recent for s in stop_bytes[i]) or len(generated[i]) >= requests[i].max_new_tokens:
+                generated[k].append(tok)
+                recent = self.tokenizer.decode_bytes(generated[k][-tail[k]:])
+                if any(s in recent for s in stop_bytes[k]) or len(generated[k]) >= requests[k].max_new_tokens:
                     continue
                 keep.append(pos)
             self.tokens_processed += len(active)
             if not keep:
-                break
+                active = []
+                continue
             if len(keep) < len(active):
                 # in order: a row's place in the batch can change a GEMM's rounding, so moving the
                 # last rows into the holes would change answers; the rows before the first hole stay

@@ -132,15 +132,7 @@ def test_small_prefill_batches_decode_together(model, tokenizer, monkeypatch):
     sets = engine._decode_sets(tokenizer.encode_batch([r.context for r in requests]),
                                [r.max_new_tokens for r in requests])
     assert len(sets) == 1 and len(sets[0]) == 3  # three prefill batches, one decode set
-    decode_steps = []
-    forward = model.forward
-
-    def counting(input_ids, **kwargs):
-        if input_ids.shape[1] == 1:
-            decode_steps.append(input_ids.shape[0])
-        return forward(input_ids, **kwargs)
-
-    monkeypatch.setattr(model, "forward", counting)
+    decode_steps = _count_decode_steps(model, monkeypatch)
     together = [r.texts for r in engine.generate(requests)]
     assert len(decode_steps) <= max(r.max_new_tokens for r in requests) and max(decode_steps) > 2
     monkeypatch.setattr(engine_module, "POOL_BELOW_ROWS", 1)  # every batch decodes on its own
@@ -163,6 +155,49 @@ def test_the_token_budget_splits_decode_sets(model, tokenizer):
         if len(s) > 1:
             assert max(len(tokens[k]) + requests[k].max_new_tokens for k in rows) * len(rows) <= 200
     assert [r.texts for r in engine.generate(requests)] == [r.texts for r in Engine(model, tokenizer).generate(requests)]
+
+
+def _count_decode_steps(model, monkeypatch) -> list[int]:
+    steps: list[int] = []
+    forward = model.forward
+
+    def counting(input_ids, **kwargs):
+        if input_ids.shape[1] == 1:
+            steps.append(input_ids.shape[0])
+        return forward(input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    return steps
+
+
+def test_the_next_decode_set_joins_when_the_running_rows_dwindle(model, tokenizer, monkeypatch):
+    """Sixteen rows of one prompt prefix in two prefill batches of eight (a small budget), most
+    stopping after 2 tokens and one running to 20: the second batch joins the first one's tail
+    (its shared prefix still read by reference), so decoding takes about 20 steps, not 2 + 20,
+    and every text is the one the request gets alone."""
+    questions = [f"Question {i}: how many moons does planet {i} have?\nAnswer:" for i in range(16)]
+    requests = [Generate(SHOTS + q, max_new_tokens=20 if i == 0 else 2) for i, q in enumerate(questions)]
+    tokens = tokenizer.encode_batch([r.context for r in requests])
+    own = len(tokens[0]) - engine_module._common_prefix(tokens)
+    engine = Engine(model, tokenizer, max_batch_tokens=9 * (own + 20) - 1)  # 8 rows beside the long one's width
+    sets = engine._decode_sets(tokens, [r.max_new_tokens for r in requests])
+    assert [len(s[0]) for s in sets] == [8, 8] and 0 in sets[0][0]  # the long row decodes first
+    from qwen_eval.model.attention import KVCache
+    kept_prefix = []
+    stacked = KVCache.stacked.__func__
+
+    def recording(cls, caches, room):
+        out = stacked(cls, caches, room)
+        kept_prefix.append(out.prefix is not None)
+        return out
+
+    monkeypatch.setattr(KVCache, "stacked", classmethod(recording))
+    steps = _count_decode_steps(model, monkeypatch)
+    together = [r.texts for r in engine.generate(requests)]
+    assert kept_prefix == [True]  # one join, the prefix held once
+    assert len(steps) == 19 and max(steps) == 9  # the long row and the 8 newcomers in one step
+    alone = [Engine(model, tokenizer).generate([r])[0].texts for r in requests]
+    assert together == alone
 
 
 @torch.inference_mode()
