@@ -21,14 +21,19 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
 def macro_stderr(groups: Mapping[str, Sequence[float]]) -> tuple[float, float]:
     """Unweighted mean over groups of each group's mean, with the standard error of that mean.
 
-    The groups are independent samples, so Var(macro) = sum(se_g^2) / G^2.
+    The groups are independent samples, so Var(macro) = sum(se_g^2) / G^2. A group of one value
+    has no variance of its own to estimate (a `limit=1` run: one question a subject); it takes the
+    sample variance of all values pooled, instead of claiming a standard error of 0.
     """
-    stats = [mean_stderr(v) for v in groups.values() if len(v)]
-    if not stats:
+    nonempty = [list(v) for v in groups.values() if len(v)]
+    if not nonempty:
         return math.nan, math.nan
-    g = len(stats)
+    pooled_var = mean_stderr([x for v in nonempty for x in v])[1] ** 2 * sum(map(len, nonempty))
+    g = len(nonempty)
+    stats = [mean_stderr(v) for v in nonempty]
     mean = sum(m for m, _ in stats) / g
-    return mean, math.sqrt(sum(se * se for _, se in stats)) / g
+    var = sum(se * se if len(v) > 1 else pooled_var for (_, se), v in zip(stats, nonempty))
+    return mean, math.sqrt(var) / g
 
 
 def add_metric(metrics: dict[str, float], name: str, stat: tuple[float, float]) -> None:

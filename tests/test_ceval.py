@@ -130,6 +130,24 @@ def _samples(subject: str, scores: list[float]) -> list[Sample]:
     return [Sample(f"{subject}/{i}", "p", "A", [0.0] * 4, "A", s, {"subject": subject}) for i, s in enumerate(scores)]
 
 
+def test_one_question_a_subject_still_has_a_standard_error():
+    """limit=1: a subject of one answer has no variance of its own; the macro average's standard
+    error then uses the pooled variance of all answers, not 0 (13 right of 52, as the real
+    model's chat run: about the binomial 0.060)."""
+    import math
+
+    samples = [s for i, subject in enumerate(sorted(SUBJECTS)[:52]) for s in _samples(subject, [int(i % 4 == 0)])]
+    metrics = CEval().aggregate(samples)
+    assert metrics["acc"] == pytest.approx(13 / 52)
+    p = 13 / 52
+    assert metrics["acc_stderr"] == pytest.approx(math.sqrt(p * (1 - p) * 52 / 51) / math.sqrt(52))
+    # a subject with two or more answers keeps its own standard error
+    two = CEval().aggregate(_samples("law", [1, 0]) + _samples("logic", [1]))
+    own = math.sqrt(0.5 * 0.5 * 2 / 1 / 2)  # law: sd of (1, 0) over sqrt(2)
+    pooled = (2 / 3) * (1 / 3) * 3 / 2  # the variance of (1, 0, 1)
+    assert two["acc_stderr"] == pytest.approx(math.sqrt(own ** 2 + pooled) / 2)
+
+
 def test_aggregate_is_a_macro_average_over_subjects():
     samples = (_samples("advanced_mathematics", [1, 1, 1, 1])  # stem, hard
                + _samples("computer_network", [0, 0])           # stem
