@@ -33,14 +33,15 @@ run mmlu-qwen-chat float32 task=mmlu task.prompt=qwen_chat data.path=$DATA/mmlu 
 run gsm8k-qwen-chat float32 task=gsm8k task.prompt=qwen_chat data.path=$DATA/gsm8k limit=16
 run ceval float32 task=ceval data.path=$DATA/ceval limit=2
 run cmmlu float32 task=cmmlu data.path=$DATA/cmmlu limit=2
-# second session (bf16, batch 64 for the generation tasks): mbpp stopped at 192/500 (the cache
-# keeps them on the machine that ran them; this line resumes it); bbh stopped after 86 min (54 rows in
-# 27 prefix groups decode one group at a time; see benchmarks/README.md); the rest not run yet
-run mbpp bfloat16 task=mbpp data.path=$DATA/mbpp batch_size=64
-run bbh bfloat16 task=bbh data.path=$DATA/bbh limit=2 batch_size=64
-run math bfloat16 task=math data.path=$DATA/math limit=32 batch_size=64
+# third session (2026-12-01, bf16, batch 64 for the generation tasks): bbh, ceval-qwen-chat and
+# humaneval-qwen-chat on 3068456 (small prefill batches decode together; bbh took 1,416 s, where
+# the second session stopped it after 86 min), math, mbpp and humaneval on d0a6e8b (the decode
+# batch also refills); mbpp resumed from the 192 answers the cache kept
+run bbh bfloat16 task=bbh data.path=$DATA/bbh limit=2 batch_size=64 model.max_batch_tokens=65536
 run ceval-qwen-chat bfloat16 task=ceval task.prompt=qwen_chat data.path=$DATA/ceval limit=1 batch_size=64
 run humaneval-qwen-chat bfloat16 task=humaneval task.prompt=qwen_chat limit=16 batch_size=64
+run math bfloat16 task=math data.path=$DATA/math limit=32 batch_size=64
+run mbpp bfloat16 task=mbpp data.path=$DATA/mbpp batch_size=64
 run humaneval bfloat16 task=humaneval batch_size=64
 
 qwen-eval-table $OUT --stderr --no-model-card --reference results/real-0.5b/published.csv -o results/real-0.5b/leaderboard
