@@ -59,3 +59,13 @@ def test_attention_paths_old_and_new_agree(tmp_path):
     for r in rows:
         limit = 0.0 if r["variant"] in ("old", "new:sdpa") else 1e-5  # sdpa on CPU: bitwise the old paths
         assert r["max_abs_diff_vs_old"] <= limit, r
+
+
+@pytest.mark.slow
+def test_startup_finds_the_first_request_of_a_real_run():
+    """startup.py's driver runs the CLI and reports when the first request reaches the backend:
+    a time inside the process's life, after imports and the tiny model's build."""
+    startup = load("startup")
+    start = __import__("time").perf_counter()
+    first = startup.first_request("gsm8k", ["model=tiny"])
+    assert 0.1 < first < __import__("time").perf_counter() - start
