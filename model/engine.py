@@ -8,7 +8,12 @@ Where the speed comes from:
     model.attention.KVCache.load_prefix) and kept for the next batch that starts the same way;
   * right-padded batches ordered by length, sized by a token budget, split where padding would
     dominate;
-  * batched greedy/sampled decoding over a preallocated KV cache; rows leave when they stop.
+  * batched greedy/sampled decoding over a preallocated KV cache; rows leave when they stop;
+  * generation decodes in sets: a big prefill batch on its own (its prefix read by reference),
+    small ones pooled (each row a copy of its prefix: BBH's 27 prompts of 2 rows in one batch);
+    the next set joins the running batch when that batch is down to a quarter of it, so the
+    last long answers do not decode nearly alone (a step reads all the weights however few rows
+    it carries).
 
 Answers do not depend on batch size, order or prefix reuse beyond float rounding: every row uses
 its own true positions and NTK alpha, and a prefix is only shared between rows whose alpha agrees.
