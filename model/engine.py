@@ -31,8 +31,8 @@ from qwen_eval.errors import UserError
 from qwen_eval.model.attention import KVCache
 from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, window_schedule
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
-from qwen_eval.requests import (DEFAULT_MAX_LENGTH, WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult, LongContext,
-                                Rolling, RollingResult, cut_at_stop, request_key)
+from qwen_eval.requests import (DEFAULT_MAX_LENGTH, WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult,
+                                LongContext, Rolling, RollingResult, cut_at_stop, request_key)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward (model.max_batch_tokens)
 POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._decode_sets)

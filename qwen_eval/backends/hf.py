@@ -20,8 +20,8 @@ from qwen_eval.errors import UserError
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
-from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult,
-                                cut_at_stop, request_key)
+from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling,
+                                RollingResult, cut_at_stop, request_key)
 
 
 class HFBackend(Backend):

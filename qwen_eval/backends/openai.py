@@ -41,7 +41,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
-from qwen_eval.requests import DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult, cut_at_stop
+from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling,
+                                RollingResult, cut_at_stop)
 
 NO_ECHO_HINT = ("this server does not return prompt logprobs (echo=true); Choice and Rolling requests need them "
                 "— vLLM, SGLang and qwen-eval-serve do; use one of them, or a local backend (model=hf, model=qwen)")
