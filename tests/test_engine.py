@@ -173,8 +173,9 @@ def _count_decode_steps(model, monkeypatch) -> list[int]:
 def test_the_next_decode_set_joins_when_the_running_rows_dwindle(model, tokenizer, monkeypatch):
     """Sixteen rows of one prompt prefix in two prefill batches of eight (a small budget), most
     stopping after 2 tokens and one running to 20: the second batch joins the first one's tail
-    (its shared prefix still read by reference), so decoding takes about 20 steps, not 2 + 20,
-    and every text is the one the request gets alone."""
+    (its shared prefix still read by reference) and rides in the long row's 19 steps, instead of
+    a decoding run of its own after them (19 + 1 steps, 8 rows at most); every text is the one
+    the request gets alone."""
     questions = [f"Question {i}: how many moons does planet {i} have?\nAnswer:" for i in range(16)]
     requests = [Generate(SHOTS + q, max_new_tokens=20 if i == 0 else 2) for i, q in enumerate(questions)]
     tokens = tokenizer.encode_batch([r.context for r in requests])
