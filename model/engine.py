@@ -331,9 +331,8 @@ class Engine:
             # a shared prefix is held once for the batch, so a row costs its own tokens
             shared = _common_prefix([tokens[k] for k in prefix_group]) if len(prefix_group) > 1 else 0
             order = sorted(prefix_group, key=lambda k: -len(tokens[k]))
-            budget_len = {k: len(tokens[k]) - shared + max_new[k] for k in prefix_group}
-            batches += self._batches(order, [budget_len.get(k, 0) for k in range(len(tokens))],
-                                     split_padding=False)
+            budget_len = [len(t) - shared + m for t, m in zip(tokens, max_new)]  # read for this group's rows only
+            batches += self._batches(order, budget_len, split_padding=False)
         sets: list[list[list[int]]] = []
         pool: list[list[int]] = []
         pool_width = 0
@@ -341,12 +340,12 @@ class Engine:
             if len(batch) >= POOL_BELOW_ROWS:
                 sets.append([batch])
                 continue
-            width = max(pool_width, max(len(tokens[k]) + max_new[k] for k in batch))
-            if pool and width * (sum(map(len, pool)) + len(batch)) > self.max_batch_tokens:
+            need = max(len(tokens[k]) + max_new[k] for k in batch)  # a row's full width, prefix copied
+            if pool and max(pool_width, need) * (sum(map(len, pool)) + len(batch)) > self.max_batch_tokens:
                 sets.append(pool)
-                pool, width = [], max(len(tokens[k]) + max_new[k] for k in batch)
+                pool, pool_width = [], 0
             pool.append(batch)
-            pool_width = width
+            pool_width = max(pool_width, need)
         return sets + ([pool] if pool else [])
 
     def _prefill(self, prompts: list[list[int]], extra: int) -> tuple[KVCache, Tensor]:
