@@ -132,14 +132,20 @@ def rope_tables(positions: Tensor, alphas: Sequence[float], cfg: QwenConfig) -> 
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate-half RoPE on the first rotary_dim channels of x [B, T, H, hd], in fp32."""
-    d = cos.shape[-1]
+    """Rotate-half RoPE on the first rotary_dim channels of x [B, T, H, hd], in fp32.
+
+    out = x * cos + rotate_half(x) * sin, where rotate_half(x) = [-x2, x1]: written as one
+    product and two in-place halves, so no negated or concatenated copy of x is made (the same
+    roundings in the same order, so bitwise the textbook form; a fused multiply-add would not be).
+    """
+    d, half = cos.shape[-1], cos.shape[-1] // 2
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
     xf = x.float()
-    rot, rest = xf[..., :d], xf[..., d:]
-    half = d // 2
-    rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-    out = rot * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return torch.cat([out, rest], dim=-1).to(x.dtype) if rest.numel() else out.to(x.dtype)
+    rot = xf[..., :d]
+    out = rot * c if d == xf.shape[-1] else torch.cat([rot * c, xf[..., d:]], dim=-1)
+    out[..., :half].sub_(rot[..., half:] * s[..., :half])
+    out[..., half:d].add_(rot[..., :half] * s[..., half:])
+    return out.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +162,8 @@ class RMSNorm(nn.Module):
         # normalise in fp32, round to the activation dtype, then scale (docs/model.md, "Precision")
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if x.dtype == self.weight.dtype == torch.float32:  # fp32: scale in place, one [tokens, hidden] copy fewer
+            return normed.mul_(self.weight)
         return normed.to(x.dtype) * self.weight
 
 
@@ -195,11 +203,11 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(b, t, cfg.num_heads, cfg.head_dim)
-        k = k.view(b, t, cfg.num_kv_heads, cfg.head_dim)
+        qk, v = self.qkv(x).split([q_size + kv_size, kv_size], dim=-1)
         v = v.view(b, t, cfg.num_kv_heads, cfg.head_dim)
-        q, k = apply_rope(q, *meta.rope), apply_rope(k, *meta.rope)
+        # queries and keys rotate in one call: they are adjacent columns of the fused projection
+        qk = apply_rope(qk.view(b, t, cfg.num_heads + cfg.num_kv_heads, cfg.head_dim), *meta.rope)
+        q, k = qk.split([cfg.num_heads, cfg.num_kv_heads], dim=2)
         if meta.logn is not None:  # keys and the cache are never scaled
             q = q * meta.logn[:, :, None, None].to(q.dtype)
         return self.out(attend(q, k, v, meta.attention, self.layer).reshape(b, t, -1))
@@ -214,8 +222,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, meta: ForwardMeta) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), meta)
-        return x + self.mlp(self.mlp_norm(x))
+        # residual adds in place: x is the embedding lookup's fresh output or a previous block's
+        x = x.add_(self.attn(self.attn_norm(x), meta))
+        return x.add_(self.mlp(self.mlp_norm(x)))
 
 
 @dataclass(frozen=True)
