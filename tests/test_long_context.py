@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers_checkpoints import max_abs_diff, random_model, tiny_config
-from qwen_eval.model.model import (LongContextOptions, QwenConfig, logn_factors, ntk_alpha, rope_tables,
-                                   window_schedule)
+from qwen_eval.model.model import (LongContextOptions, QwenConfig, apply_rope, logn_factors, ntk_alpha,
+                                   rope_tables, window_schedule)
 
 OFF = LongContextOptions(use_dynamic_ntk=False, use_logn_attn=False, window_attn=False)
 ON = LongContextOptions(use_dynamic_ntk=True, use_logn_attn=True, window_attn=False)
@@ -55,6 +55,25 @@ def test_rope_uses_the_ntk_base(alpha, base):
     angle = torch.atan2(sin[0, 1], cos[0, 1]).double()
     assert torch.allclose(angle[:64], theta, rtol=1e-6, atol=1e-9) and torch.equal(angle[:64], angle[64:])
     assert torch.equal(cos[0, 0], torch.ones(128)) and torch.equal(sin[0, 0], torch.zeros(128))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotary_pct", [1.0, 0.5])
+def test_apply_rope_is_bitwise_the_rotate_half_formula(dtype, rotary_pct):
+    """The in-place halves give exactly x * cos + [-x2, x1] * sin (rounded once to the dtype),
+    the untouched channels beyond rotary_dim included; x itself is left as it was."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = QwenConfig(vocab_size=8, hidden_size=6 * 64, num_layers=1, num_heads=6, num_kv_heads=2,
+                     intermediate_size=8, rotary_pct=rotary_pct)
+    x = torch.randn(2, 37, 8, 64, generator=gen).to(dtype)
+    before = x.clone()
+    cos, sin = rope_tables(torch.arange(37)[None].expand(2, -1) + torch.tensor([[0], [900]]), [1.0, 3.0], cfg)
+    d = cfg.rotary_dim
+    xf, half = x.float(), d // 2
+    rotated = torch.cat([-xf[..., half:d], xf[..., :half]], dim=-1)
+    expected = torch.cat([xf[..., :d] * cos[:, :, None] + rotated * sin[:, :, None], xf[..., d:]], dim=-1)
+    assert torch.equal(apply_rope(x, cos, sin), expected.to(dtype))
+    assert torch.equal(x, before)
 
 
 # --- LogN (docs/model.md) ----------------------------------------------------------------------
