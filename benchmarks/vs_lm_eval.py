@@ -52,13 +52,13 @@ def make_checkpoint(directory: Path, *, hidden: int, layers: int, heads: int, in
     import torch
 
     from qwen_eval.model.loading import save_checkpoint
-    from qwen_eval.model.model import Qwen, QwenConfig, init_weights
+    from qwen_eval.model.model import QwenConfig, random_qwen
 
     if (directory / "config.json").exists():
         return
     cfg = QwenConfig(vocab_size=151936, hidden_size=hidden, num_layers=layers, num_heads=heads,
                      intermediate_size=intermediate, seq_length=2048, use_dynamic_ntk=False, use_logn_attn=False)
-    model = init_weights(Qwen(cfg), seed)
+    model = random_qwen(cfg, seed)
     with torch.no_grad():  # a trained model never predicts the padding rows; random ones would
         model.lm_head.weight[TOKENIZER_VOCAB:] = 0
     save_checkpoint(model, directory, format="qwen2", max_shard_bytes=200 << 20, tokenizer=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from qwen_eval.model.loading import save_checkpoint
-from qwen_eval.model.model import Qwen, QwenConfig, init_weights
+from qwen_eval.model.model import Qwen, QwenConfig, random_qwen
 
 REAL_VOCAB = 151936  # Qwen-7B's embedding rows: the 151,851 tokenizer ids plus padding rows
 
@@ -30,7 +30,7 @@ def tiny_config(**overrides) -> QwenConfig:
 def random_model(cfg: QwenConfig, seed: int = 0) -> Qwen:
     """Qwen's initialisation, then noise on the norm gains and q/k/v biases (zeros and ones
     there would hide a mapping mistake), in fp32, eval mode."""
-    model = init_weights(Qwen(cfg), seed)
+    model = random_qwen(cfg, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -279,3 +279,22 @@ def test_backend_with_a_checkpoint_path_end_to_end(tmp_path):
     assert got.logprobs == pytest.approx(want.logprobs, abs=1e-5) and all(lp < 0 for lp in got.logprobs)
     assert backend.generate(generate) == reference.generate(generate)
     assert backend.generate(generate)[0].texts[0]  # a random model still produces some text
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_random_qwen_is_init_weights_without_the_default_init(tied):
+    """Built without nn's default initialisation, the model has exactly init_weights' parameters,
+    in the same order, a tied lm_head still shares the embedding, and the default initialisers are
+    back in place afterwards."""
+    from qwen_eval.model.model import Qwen, QwenConfig, init_weights, random_qwen
+
+    defaults = torch.nn.Linear.reset_parameters, torch.nn.Embedding.reset_parameters
+
+    cfg = QwenConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate_size=96, tie_word_embeddings=tied)
+    reference, fast = init_weights(Qwen(cfg), 5).state_dict(), random_qwen(cfg, 5)
+    state = fast.state_dict()
+    assert list(state) == list(reference)
+    assert all(torch.equal(state[k], reference[k]) for k in reference)
+    assert (fast.lm_head.weight is fast.embed.weight) == tied
+    assert (torch.nn.Linear.reset_parameters, torch.nn.Embedding.reset_parameters) == defaults

@@ -16,7 +16,7 @@ from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
-from qwen_eval.model.model import Qwen, QwenConfig, init_weights, window_schedule
+from qwen_eval.model.model import Qwen, QwenConfig, random_qwen, window_schedule
 from qwen_eval.model.tokenizer import load_tokenizer
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
 
@@ -37,7 +37,7 @@ def window_sizes(setting: Any, cfg: QwenConfig) -> tuple[int, ...] | None:
 
 def build_tiny(seed: int = 0, **overrides) -> Qwen:
     """The seeded random tiny Qwen (real vocabulary, a few million parameters besides embeddings)."""
-    return init_weights(Qwen(QwenConfig.preset("tiny", **overrides)), seed)
+    return random_qwen(QwenConfig.preset("tiny", **overrides), seed)
 
 
 @dataclasses.dataclass
