@@ -193,7 +193,11 @@ class KVCache:
         """One cache holding the rows of `caches` in order, with room for `room` more positions
         after its longest row: rows prefilled apart (after different prefixes, or a running
         batch and newcomers) then decode as one batch. A prefix all of them read by reference
-        (the same tensors) stays shared; otherwise every row gets its own copy of its prefix."""
+        (the same tensors) stays shared; otherwise every row gets its own copy of its prefix.
+
+        The caches given are consumed: the new storage is made a layer at a time and each layer
+        of theirs is released once copied, so the old and the new rows never coexist whole (the
+        peak is the larger of the two plus one layer, not their sum)."""
         first = caches[0]
         shared = first.prefix is not None and all(
             c.prefix is not None and c.start == first.start
@@ -201,19 +205,22 @@ class KVCache:
         start = first.start if shared else 0
         k0 = first.keys[0]
         longest = max(n for c in caches for n in c.host_lengths)
-        out = cls(len(first.keys), sum(c.batch_size for c in caches), longest - start + room, k0.shape[2],
-                  k0.shape[3], dtype=k0.dtype, device=k0.device)
+        rows = sum(c.batch_size for c in caches)
+        out = cls(0, rows, longest - start + room, k0.shape[2], k0.shape[3], dtype=k0.dtype, device=k0.device)
         if shared:
             out.prefix, out.start = first.prefix, start
-        row = 0
-        for c in caches:
-            n, own, at = c.batch_size, max(c.host_lengths) - c.start, c.start - start
-            for layer in range(len(out.keys)):
-                for side, (store, src) in enumerate(((out.keys, c.keys), (out.values, c.values))):
+        for layer in range(len(first.keys)):
+            for side, (store, name) in enumerate(((out.keys, "keys"), (out.values, "values"))):
+                dst = torch.zeros((rows, out.capacity, *k0.shape[2:]), dtype=k0.dtype, device=k0.device)
+                row = 0
+                for c in caches:
+                    n, own, at = c.batch_size, max(c.host_lengths) - c.start, c.start - start
                     if c.prefix is not None and not shared:
-                        store[layer][row:row + n, :c.start] = c.prefix[layer][side]  # [1, P] to every row
-                    store[layer][row:row + n, at:at + own] = src[layer][:, :own]
-            row += n
+                        dst[row:row + n, :c.start] = c.prefix[layer][side]  # [1, P] to every row
+                    dst[row:row + n, at:at + own] = getattr(c, name)[layer][:, :own]
+                    getattr(c, name)[layer] = None  # consumed
+                    row += n
+                store.append(dst)
         out.lengths = torch.cat([c.lengths for c in caches])
         out.host_lengths = [n for c in caches for n in c.host_lengths]
         out.alphas = [a for c in caches for a in c.alphas]

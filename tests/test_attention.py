@@ -191,6 +191,30 @@ def test_keep_rows_moves_only_the_rows_that_change_place():
     assert cache.keys[0][1, 4, 0, 0] == 1  # beyond row 3's length nothing was copied
 
 
+def test_stacked_copies_each_row_after_its_prefix_and_consumes_the_inputs():
+    """Two caches after different prefixes (3 and 1 positions) stack into one without a shared
+    prefix: each row holds its own prefix copy then its own keys, room is added after the longest
+    row, and every layer of the inputs is released once copied (None: using it again fails)."""
+    cpu = torch.device("cpu")
+    a, b = (KVCache(2, n, 4, 1, 2, dtype=torch.float32, device=cpu) for n in (2, 1))
+    for cache, start, base in ((a, 3, 10.0), (b, 1, 20.0)):
+        prefix = [torch.full((1, start, 1, 2), -base) for _ in range(2)]
+        cache.load_prefix(prefix, [p - 1 for p in prefix], alpha=1.0)
+        for layer in range(2):
+            cache.keys[layer][:] = base + torch.arange(cache.batch_size * 4.0).view(-1, 4, 1, 1)
+            cache.values[layer][:] = cache.keys[layer] + 0.5
+        cache.advance(torch.tensor([2] * cache.batch_size), 2)
+    out = KVCache.stacked([a, b], room=3)
+    assert out.prefix is None and out.start == 0 and out.capacity == 5 + 3  # a's rows reach position 5
+    assert out.host_lengths == [5, 5, 3] and out.lengths.tolist() == [5, 5, 3]
+    for layer in range(2):
+        assert out.keys[layer][0, :, 0, 0].tolist() == [-10, -10, -10, 10, 11, 0, 0, 0]
+        assert out.keys[layer][1, :5, 0, 0].tolist() == [-10, -10, -10, 14, 15]
+        assert out.keys[layer][2, :3, 0, 0].tolist() == [-20, 20, 21]
+        assert out.values[layer][2, :3, 0, 0].tolist() == [-21, 20.5, 21.5]
+    assert all(t is None for c in (a, b) for t in c.keys + c.values)
+
+
 # --- the model with each kernel: LogN, windows, NTK through every phase --------------------------
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,16 @@ def test_startup_finds_the_first_request_of_a_real_run():
     start = time.perf_counter()
     first = startup.first_request("gsm8k", ["model=tiny"])
     assert 0.1 < first < time.perf_counter() - start
+
+
+def test_join_memory_stacks_the_two_caches():
+    """join_memory.py's child builds the two caches, stacks them with this checkout's
+    KVCache.stacked and reports the stacked cache's size: 24 layers x (keys, values) x 5 rows x
+    (10 positions + 256 room) x 2 kv heads x 64 x 2 bytes."""
+    import argparse
+
+    bench = load("join_memory")
+    args = argparse.Namespace(running=2, newcomers=3, positions=10)
+    r = bench.measure(ROOT / "model" / "attention.py", args)
+    assert r["stacked_cache_mb"] == round(24 * 2 * 5 * 266 * 2 * 64 * 2 / 2**20)
+    assert r["peak_mb"] >= r["inputs_peak_mb"] > 0
