@@ -37,6 +37,7 @@ from qwen_eval.requests import (DEFAULT_MAX_LENGTH, WINDOW_SCHEDULE, Choice, Cho
 DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward (model.max_batch_tokens)
 POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._decode_sets)
 REFILL_RATIO = 4  # the next decode set joins when the running rows are a quarter of it (Engine._decode)
+PAD_SPLIT = 0.75  # scoring: a row under this share of its batch's widest starts a new batch (Engine._batches)
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
 
@@ -123,14 +124,16 @@ class Engine:
 
     def _batches(self, order: list[int], lengths: list[int], *, split_padding: bool = True) -> list[list[int]]:
         """Consecutive groups of `order` (sorted longest first) within the token budget. With
-        split_padding, a row shorter than half the group's widest starts a new group (it would be
-        mostly padding); generation keeps such rows together, since every extra batch costs a
-        full run of decoding steps."""
+        split_padding, a row shorter than PAD_SPLIT of the group's widest starts a new group: a
+        forward costs about its padded tokens, and one more forward costs little next to them
+        (at 1/2, MMLU's questions in batches of 16 were 24% padding; at 3/4, 10%, and a
+        batch is answered 1.1x faster in fp32, 1.3x in bf16). Generation keeps such rows
+        together, since every extra batch costs a full run of decoding steps."""
         groups, current, width = [], [], 0
         for i in order:
             w = max(width, lengths[i])
             if current and (w * (len(current) + 1) > self.max_batch_tokens
-                            or (split_padding and 2 * lengths[i] < width)):
+                            or (split_padding and lengths[i] < PAD_SPLIT * width)):
                 groups.append(current)
                 current, w = [], lengths[i]
             current.append(i)

@@ -142,6 +142,17 @@ def test_small_prefill_batches_decode_together(model, tokenizer, monkeypatch):
     assert all(t[0] for t in together)
 
 
+def test_scoring_batches_split_where_padding_would_exceed_a_quarter(model, tokenizer):
+    """Rows sorted longest first: a row under PAD_SPLIT (3/4) of its batch's widest starts the
+    next batch when scoring; the token budget splits too; generation keeps short rows in."""
+    assert engine_module.PAD_SPLIT == 0.75
+    engine = Engine(model, tokenizer, max_batch_tokens=400)
+    lengths = [100, 90, 76, 74, 60, 56, 55, 20]
+    order = list(range(len(lengths)))
+    assert engine._batches(order, lengths) == [[0, 1, 2], [3, 4, 5], [6], [7]]
+    assert engine._batches(order, lengths, split_padding=False) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 def test_the_token_budget_splits_decode_sets(model, tokenizer):
     """A budget too small for all rows at once gives several decode sets, none over the budget."""
     requests = several_prefix_requests()
