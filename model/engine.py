@@ -22,7 +22,7 @@ its own true positions and NTK alpha, and a prefix is only shared between rows w
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -309,15 +309,36 @@ class Engine:
         return chosen
 
     @torch.inference_mode()
-    def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
+    def generate(self, requests: Sequence[Generate],
+                 on_done: Callable[[int, GenerateResult], None] | None = None) -> list[GenerateResult]:
+        """Every request's n texts. Any number of requests may come at once: they decode in sets
+        within the token budget, each set joining the running batch as it thins out. on_done(i,
+        result) is called as soon as request i's last sample ends (the runner commits it to the
+        answer cache then, so a long call loses nothing finished when it is killed)."""
         rows = [(i, s) for i, r in enumerate(requests) for s in range(r.n)]
         prompts = self.tokenizer.encode_batch([r.context for r in requests])
         tokens = [prompts[i] for i, _ in rows]
         row_requests = [requests[i] for i, _ in rows]
         generators = [self._row_generator(requests[i], s) for i, s in rows]
+        texts: dict[tuple[int, int], str] = {}
+        remaining = [r.n for r in requests]
+
+        def result(i: int) -> GenerateResult:
+            return GenerateResult(tuple(texts[(i, s)] for s in range(requests[i].n)))
+
+        def row_done(k: int, text: str) -> None:
+            i, s = rows[k]
+            texts[(i, s)] = text
+            remaining[i] -= 1
+            if remaining[i] == 0 and on_done is not None:
+                on_done(i, result(i))
+
+        if on_done is not None:
+            for i in (i for i, r in enumerate(requests) if r.n == 0):
+                on_done(i, result(i))
         sets = self._decode_sets(tokens, [r.max_new_tokens for r in row_requests])
-        by_row = dict(zip(rows, self._decode(sets, tokens, row_requests, generators)))
-        return [GenerateResult(tuple(by_row[(i, s)] for s in range(r.n))) for i, r in enumerate(requests)]
+        self._decode(sets, tokens, row_requests, generators, row_done)
+        return [result(i) for i in range(len(requests))]
 
     def _decode_sets(self, tokens: list[list[int]], max_new: list[int]) -> list[list[list[int]]]:
         """Prefill batches (row indices), grouped into the sets that decode together.
@@ -384,8 +405,9 @@ class Engine:
         return KVCache.stacked([c for c, _ in prefilled], room), torch.cat([lg for _, lg in prefilled])
 
     def _decode(self, sets: list[list[list[int]]], tokens: list[list[int]], requests: list[Generate],
-                generators: list) -> list[str]:
-        """Greedy or sampled decoding of every row (an index into requests), set after set.
+                generators: list, row_done: Callable[[int, str], None]) -> None:
+        """Greedy or sampled decoding of every row (an index into requests), set after set;
+        row_done(row, text) as each row ends.
 
         The next set joins the running batch once its rows are down to a quarter of the
         newcomers (REFILL_RATIO): a few long answers' last steps then carry the next set's rows
@@ -410,16 +432,20 @@ class Engine:
                     cache, logits = new_cache, new_logits
                 active = active + newcomers
             chosen = self._next_tokens(logits, [requests[k] for k in active], [generators[k] for k in active]).tolist()
-            keep = []
+            keep, ended = [], []
             for pos, (k, tok) in enumerate(zip(active, chosen)):
                 if tok in stop_ids or requests[k].max_new_tokens <= 0:  # max_new_tokens=0: no token
+                    ended.append(k)
                     continue
                 generated[k].append(tok)
                 recent = self.tokenizer.decode_bytes(generated[k][-tail[k]:])
                 if any(s in recent for s in stop_bytes[k]) or len(generated[k]) >= requests[k].max_new_tokens:
+                    ended.append(k)
                     continue
                 keep.append(pos)
             self.tokens_processed += len(active)
+            for k in ended:
+                row_done(k, cut_at_stop(self.tokenizer.decode(generated[k]), requests[k].stop))
             if not keep:
                 active = []
                 continue
@@ -431,4 +457,3 @@ class Engine:
                 chosen = [chosen[p] for p in keep]
             step = torch.tensor(chosen, device=self.device)[:, None]
             logits = self.model(step, cache=cache)[:, -1]
-        return [cut_at_stop(self.tokenizer.decode(g), r.stop) for g, r in zip(generated, requests)]

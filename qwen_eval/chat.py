@@ -224,6 +224,9 @@ class ChatBackend:
     def generate(self, requests):
         return self.inner.generate(render_requests(requests, self.template, self.options))
 
+    def generate_streaming(self, requests, on_done):  # explicit: __getattr__ would skip the template
+        return self.inner.generate_streaming(render_requests(requests, self.template, self.options), on_done)
+
     def rolling(self, requests):
         return self.inner.rolling(requests)
 

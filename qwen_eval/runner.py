@@ -64,12 +64,24 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
     to_compute = sum(len(b) for _, b in batches)  # a bar only for real work: none when all is cached
     bar = tqdm(total=sum(len(b) for _, b in my_batches), desc=f"{backend.name}", unit="req",
                disable=not progress or not distributed.is_main() or to_compute == 0, dynamic_ncols=True)
-    answer = {"choice": store.choice, "generate": store.generate, "rolling": store.rolling}
-    for kind, batch_keys in my_batches:
-        answer[kind]([unique[k] for k in batch_keys])  # computed, committed to the cache, kept in store
-        bar.update(len(batch_keys))
+
+    def advance(n: int) -> None:
+        bar.update(n)
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(tok_s=f"{(backend.tokens_processed - tokens_before) / elapsed:.0f}", refresh=False)
+
+    answer = {"choice": store.choice, "generate": store.generate, "rolling": store.rolling}
+    for kind in ("choice", "generate", "rolling"):
+        mine = [batch_keys for k, batch_keys in my_batches if k == kind]
+        if kind == "generate" and mine and store.streams_generation:
+            # all of them in one call: the engine's decode batch refills as rows end, so no
+            # batch_size chunk waits alone for its longest answer; committed every batch_size answers
+            store.generate_streaming([unique[k] for batch_keys in mine for k in batch_keys],
+                                     lambda i, result: advance(1), commit_every=batch_size)
+            continue
+        for batch_keys in mine:
+            answer[kind]([unique[k] for k in batch_keys])  # computed, committed to the cache, kept in store
+            advance(len(batch_keys))
     bar.close()
 
     if distributed.world_size() > 1:

@@ -173,6 +173,19 @@ def test_chat_backend_renders_and_is_kept_apart():
     assert backend.describe()["chat"]["template_origin"] == "Qwen-1 ChatML (built in)"
 
 
+def test_streamed_chat_generation_is_rendered_too():
+    """generate_streaming through the chat wrapper reaches the inner backend rendered (the
+    wrapper's attribute forwarding must not hand the raw request on), and streams when it does."""
+    inner = Recorder()
+    options = ChatOptions(enabled=True)
+    backend = ChatBackend(inner, resolve_template(options, inner), options)
+    reported = []
+    backend.generate_streaming([Generate("Hi?")], lambda i, r: reported.append((i, r.texts)))
+    assert inner.seen[0].context.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
+    assert inner.seen[0].stop[-1] == "<|im_end|>"
+    assert reported == [(0, ("ok",))] and backend.streams_generation is False
+
+
 def test_no_template_is_one_clear_line():
     inner = Recorder()
     inner.checkpoint_format = "qwen2"

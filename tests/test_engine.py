@@ -361,3 +361,19 @@ def test_a_kept_prefix_longer_than_the_next_batch_is_reused_up_to_its_length(mod
     assert engine.tokens_processed - computed <= suffixes + 3  # only the questions went through the model
     monkeypatch.setattr(engine_module, "MIN_SHARED_PREFIX", 10 ** 9)
     assert_same_choices(got, backend_for(model, tokenizer).engine.choice(second))
+
+
+def test_generate_reports_each_request_as_its_last_sample_ends(model, tokenizer):
+    """on_done(i, result) once per request, as soon as its rows end: the 1-token requests before
+    the 12-token one, whatever their order; the results are the returned ones, and equal to the
+    texts each request gets alone. A request of n=2 is reported once, after both samples."""
+    requests = [Generate("Once upon a time", max_new_tokens=12),
+                Generate("The capital of France is", max_new_tokens=1),
+                Generate("Question: 2 + 2 =", max_new_tokens=1, n=2, temperature=0.8)]
+    engine = Engine(model, tokenizer)
+    reported: list[tuple[int, tuple[str, ...]]] = []
+    got = engine.generate(requests, on_done=lambda i, r: reported.append((i, r.texts)))
+    assert sorted(i for i, _ in reported) == [0, 1, 2] and reported[-1][0] == 0
+    assert dict(reported) == {i: r.texts for i, r in enumerate(got)}
+    assert len(got[2].texts) == 2
+    assert [Engine(model, tokenizer).generate([r])[0].texts for r in requests] == [r.texts for r in got]

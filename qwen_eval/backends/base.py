@@ -4,6 +4,7 @@ the chat layer call (each declared here with its default, so no caller looks a h
     choice(requests)   -> list[ChoiceResult]
     generate(requests) -> list[GenerateResult]
     rolling(requests)  -> list[RollingResult]
+    generate_streaming(requests, on_done) -> list[GenerateResult]   (on_done(i, result) per answer)
 
 A backend that cannot answer a request type raises UserError naming the type and the backend
 (the defaults here do). `fingerprint` identifies everything that changes answers (weights,
@@ -12,7 +13,7 @@ dtype, numerics options); the answer cache is keyed by it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Request, Rolling, RollingResult
@@ -45,6 +46,20 @@ class Backend:
 
     def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]:
         raise unsupported(self.name, "Rolling")
+
+    # A backend that batches generation itself (the bundled engine: a token budget, and a decode
+    # batch that refills as rows end) takes all of a run's Generate requests in one call and
+    # reports each answer as it ends; the others get the runner's batches of batch_size.
+    streams_generation: bool = False
+
+    def generate_streaming(self, requests: Sequence[Generate],
+                           on_done: Callable[[int, GenerateResult], None]) -> list[GenerateResult]:
+        """generate(requests), calling on_done(i, result) for each answer once it is known.
+        Default: all of them after generate returns."""
+        results = self.generate(requests)
+        for i, result in enumerate(results):
+            on_done(i, result)
+        return results
 
     def bind_documents(self, doc_requests: Mapping[str, Sequence[Request]]) -> None:
         """Called once per task before any request, with each document's requests (doc id ->

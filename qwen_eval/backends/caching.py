@@ -3,22 +3,24 @@
     cached = CachingBackend(backend, cache)        # cache: an AnswerCache, or None (memory only)
     todo = cached.load(requests)                   # dedupe; read stored answers; the keys still to compute
     cached.generate(batch)                         # computes only what has no answer, stores it, returns all
+    cached.generate_streaming(requests, on_done)   # the same for a streaming backend, stored as answers end
     cached.answers_for(requests)                   # every answer, aligned with the requests
 
 Answers are keyed by (the inner backend's fingerprint, `request_key(request)`): the same request
 asked twice, by two tasks or two runs, is computed once. Each batch the inner backend answers is
-committed to the cache at once, so a run killed at any moment resumes where it stopped. The
-wrapper never reorders or regroups what it is given: the batches the inner backend sees are the
-caller's batches less their answered requests (the runner passes only unanswered ones).
+committed to the cache at once, so a run killed at any moment resumes where it stopped; a streaming
+call is committed every `commit_every` answers as they end, and whatever ended when it raises.
+The wrapper never reorders or regroups what it is given: the batches the inner backend sees are
+the caller's batches less their answered requests (the runner passes only unanswered ones).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from qwen_eval.backends.base import Backend
 from qwen_eval.cache import AnswerCache
-from qwen_eval.requests import Request, Response, request_key
+from qwen_eval.requests import Generate, GenerateResult, Request, Response, request_key
 
 
 class CachingBackend(Backend):
@@ -108,3 +110,55 @@ class CachingBackend(Backend):
 
     def rolling(self, requests):
         return self._answer("rolling", requests)
+
+    @property
+    def streams_generation(self) -> bool:
+        return bool(getattr(self.inner, "streams_generation", False))
+
+    def generate_streaming(self, requests: Sequence[Generate],
+                           on_done: Callable[[int, GenerateResult], None] | None = None, *,
+                           commit_every: int = 16) -> list[GenerateResult]:
+        """Like generate, in one call to the inner backend's generate_streaming: each answer is
+        kept as it ends and committed every `commit_every` answers (and at the end, or when the
+        call raises), so a killed run keeps all but the last few finished answers.
+        on_done(i, result) follows each answer, i indexing `requests`."""
+        keys = [request_key(r) for r in requests]
+        places: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            places.setdefault(k, []).append(i)
+        missing = {k: r for k, r in zip(keys, requests) if k not in self.answers}
+        missing_keys = list(missing)
+        pending: list[tuple[str, str, Response]] = []
+
+        def commit() -> None:
+            if self.cache is not None and pending:
+                self.cache.put_many(self.fingerprint, pending)
+            pending.clear()
+
+        def done(j: int, result: GenerateResult) -> None:
+            key = missing_keys[j]
+            self.answers[key] = self.computed[key] = result
+            pending.append((key, "generate", result))
+            if len(pending) >= commit_every:
+                commit()
+            if on_done is not None:
+                for i in places[key]:
+                    on_done(i, result)
+
+        if on_done is not None:
+            for i, k in enumerate(keys):
+                if k in self.answers:
+                    on_done(i, self.answers[k])
+        if missing:
+            try:
+                results = self.inner.generate_streaming(list(missing.values()), done)
+            finally:
+                commit()
+            if len(results) != len(missing):
+                raise RuntimeError(f"backend {self.name} returned {len(results)} answers for {len(missing)} "
+                                   "generate requests")
+            unreported = [k for k in missing_keys if k not in self.answers]
+            if unreported:
+                raise RuntimeError(f"backend {self.name} did not report {len(unreported)} of its "
+                                   f"{len(missing)} generate answers as they ended")
+        return [self.answers[k] for k in keys]

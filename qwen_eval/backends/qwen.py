@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -170,6 +170,12 @@ class QwenBackend(Backend):
 
     def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
         return self.engine.generate(requests)
+
+    streams_generation = True
+
+    def generate_streaming(self, requests: Sequence[Generate],
+                           on_done: Callable[[int, GenerateResult], None]) -> list[GenerateResult]:
+        return self.engine.generate(requests, on_done=on_done)
 
     def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]:
         return self.engine.rolling(requests)
