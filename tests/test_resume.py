@@ -52,3 +52,36 @@ def test_sigkill_then_rerun_gives_identical_results(tmp_path):
     assert again["metrics"] == clean["metrics"]
     assert read_samples(out) == read_samples(fresh_out)
     assert _cached_answers(db) == 30
+
+
+def test_streamed_generation_killed_then_rerun_gives_identical_results(tmp_path):
+    """GSM8K on the bundled engine: every Generate request goes to the engine in one call, and
+    batch_size=1 commits each answer as it ends; killed with SIGKILL after a few answers, the
+    rerun computes only the rest and ends with the results of an uninterrupted run. (A token
+    budget of one row makes the 8 sample problems decode one after another, so answers end
+    apart; together, the tiny model's rows all run to max_new_tokens and end at one step.)"""
+    args = ["task=gsm8k", "model=tiny", "data.source=sample", "batch_size=1", "progress=false",
+            "task.max_new_tokens=48", "model.max_batch_tokens=256"]
+    cache, out = tmp_path / "cache", tmp_path / "resumed"
+    db = cache / "answers.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_eval", *args, f"cache_dir={cache}", f"output_dir={out}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.time() + 300
+    while _cached_answers(db) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _cached_answers(db)
+    assert not (out / "results.json").exists()
+
+    resumed = run_cli(*args, f"cache_dir={cache}", f"output_dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    fresh_out = tmp_path / "fresh"
+    fresh = run_cli(*args, f"cache_dir={tmp_path / 'other-cache'}", f"output_dir={fresh_out}", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    again, clean = read_results(out), read_results(fresh_out)
+    total = clean["requests"]["total"]
+    assert 3 <= killed_at < total
+    assert again["requests"] == {"total": total, "cached": killed_at}
+    assert again["metrics"] == clean["metrics"] and read_samples(out) == read_samples(fresh_out)
