@@ -47,7 +47,7 @@ run humaneval bfloat16 task=humaneval batch_size=64
 # fourth session (2026-12-01): the two full runs the issue asks for, bf16. MMLU is 2.1M tokens to
 # compute (about 83 min alone at the measured 428 tok/s); GSM8K's 1,319 problems about 50 min.
 # MMLU ran from 18:55 on 4f28e63 (cache_dir=/tmp/fullcache, copied into the default cache) and
-# stopped at 7,792 questions; GSM8K has not started. Both resume from the answer cache.
+# stopped at 10,816 questions (4,116 s of run time); GSM8K has not started. Both resume from the answer cache.
 run mmlu-full bfloat16 task=mmlu data.path=$DATA/mmlu
 run gsm8k-full bfloat16 task=gsm8k data.path=$DATA/gsm8k
 
