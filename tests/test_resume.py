@@ -23,20 +23,26 @@ def _cached_answers(db: Path) -> int:
         return 0
 
 
+def _kill_after(args: list[str], cache: Path, out: Path, cwd: Path, *, answers: int) -> int:
+    """Start the CLI, SIGKILL it once `answers` answers are committed; the number committed."""
+    db = cache / "answers.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_eval", *args, f"cache_dir={cache}", f"output_dir={out}"],
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.time() + 300
+    while _cached_answers(db) < answers and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return _cached_answers(db)
+
+
 def test_sigkill_then_rerun_gives_identical_results(tmp_path):
     # MMLU's bundled sample: 30 requests, each committed on its own
     args = ["task=mmlu", "model=tiny", "data.source=sample", "batch_size=1", "progress=false"]
     cache, out = tmp_path / "cache", tmp_path / "resumed"
     db = cache / "answers.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "qwen_eval", *args, f"cache_dir={cache}", f"output_dir={out}"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.time() + 300
-    while _cached_answers(db) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = _cached_answers(db)
+    killed_at = _kill_after(args, cache, out, tmp_path, answers=5)
     assert 5 <= killed_at < 30
     assert not (out / "results.json").exists()
 
@@ -63,16 +69,7 @@ def test_streamed_generation_killed_then_rerun_gives_identical_results(tmp_path)
     args = ["task=gsm8k", "model=tiny", "data.source=sample", "batch_size=1", "progress=false",
             "task.max_new_tokens=48", "model.max_batch_tokens=256"]
     cache, out = tmp_path / "cache", tmp_path / "resumed"
-    db = cache / "answers.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "qwen_eval", *args, f"cache_dir={cache}", f"output_dir={out}"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.time() + 300
-    while _cached_answers(db) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = _cached_answers(db)
+    killed_at = _kill_after(args, cache, out, tmp_path, answers=3)
     assert not (out / "results.json").exists()
 
     resumed = run_cli(*args, f"cache_dir={cache}", f"output_dir={out}", cwd=tmp_path)
