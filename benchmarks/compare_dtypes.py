@@ -16,7 +16,10 @@ from pathlib import Path
 
 
 def samples(folder: Path) -> dict[str, dict]:
-    lines = (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    from qwen_eval.run_files import RESULTS_FILE, Run, read_samples_text
+
+    text = read_samples_text(Run(folder / RESULTS_FILE, {}).samples_path)
+    lines = [line for line in text.split("\n") if line.strip()]  # not splitlines(): prompts hold U+2028
     return {s["doc_id"]: s for s in map(json.loads, lines)}
 
 

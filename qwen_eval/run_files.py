@@ -1,13 +1,15 @@
 """Reading finished runs: results.json and the samples.jsonl beside it.
 
 A run folder holds `results.json` (the output contract) and `samples.jsonl` (one scored document
-per line). Tools that read many runs (`qwen-eval-table`, `qwen-eval-compare`) accept results.json
+per line), or `samples.jsonl.gz` where a large run is kept compressed (a full MMLU run's prompts are
+48 MB, 4 MB gzipped). Tools that read many runs (`qwen-eval-table`, `qwen-eval-compare`) accept results.json
 files, run folders, folders of run folders (searched recursively) and glob patterns.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import math
 import re
@@ -20,6 +22,7 @@ from qwen_eval.errors import UserError
 
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
+SAMPLES_FILE_GZ = "samples.jsonl.gz"
 
 # Metrics that are not fractions in [0, 1]: shown as they are, and lower is better.
 _LOWER_IS_BETTER = re.compile(r"(^|/)(ppl|perplexity|loss|bpb|bpc|bits_per_byte)(@|$|_)")
@@ -36,7 +39,11 @@ class Run:
 
     @property
     def samples_path(self) -> Path | None:
-        return None if self.path is None else self.path.parent / SAMPLES_FILE
+        """samples.jsonl beside results.json, else samples.jsonl.gz where only that exists."""
+        if self.path is None:
+            return None
+        plain, packed = self.path.parent / SAMPLES_FILE, self.path.parent / SAMPLES_FILE_GZ
+        return packed if packed.is_file() and not plain.is_file() else plain
 
     def describe(self) -> str:
         """How to name this run in a message: its file, else task, model and time."""
@@ -138,13 +145,15 @@ def created(results: Mapping[str, Any]) -> datetime:
 
 
 def read_samples(path: str | Path) -> dict[str, float]:
-    """doc_id -> score from a samples.jsonl file (a bad line is a UserError naming it)."""
+    """doc_id -> score from a samples.jsonl file, or a gzipped one ending .gz (a bad line is a
+    UserError naming it)."""
     path = Path(path)
     scores: dict[str, float] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+        # one record a line: JSON keeps U+2028 and friends raw, which str.splitlines() would split on
+        lines = read_samples_text(path).split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -155,6 +164,14 @@ def read_samples(path: str | Path) -> dict[str, float]:
             raise UserError(f"{path}:{number}: expected a JSON object with 'doc_id' and a numeric 'score'") from None
         scores[doc_id] = score
     return scores
+
+
+def read_samples_text(path: Path) -> str:
+    """The text of samples.jsonl, decompressed when the name ends .gz."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    return path.read_text(encoding="utf-8")
 
 
 def _number_or_none(value: Any) -> float | None:

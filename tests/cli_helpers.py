@@ -22,4 +22,4 @@ def read_results(out: Path) -> dict[str, Any]:
 
 
 def read_samples(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text(encoding="utf-8").split("\n") if line]

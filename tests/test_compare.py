@@ -40,8 +40,9 @@ def write_run(folder: Path, task: str, scores: dict[str, float], *, groups: dict
     (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
     with open(folder / "samples.jsonl", "w", encoding="utf-8") as f:
         for doc_id, score in scores.items():
-            f.write(json.dumps({"doc_id": doc_id, "prompt": "...", "target": "A", "response": " A",
-                                "prediction": "A", "score": score}) + "\n")
+            # a raw U+2028 as real prompts hold (MMLU's do): one record a line all the same
+            f.write(json.dumps({"doc_id": doc_id, "prompt": "...\u2028...", "target": "A", "response": " A",
+                                "prediction": "A", "score": score}, ensure_ascii=False) + "\n")
     return folder
 
 
@@ -102,6 +103,26 @@ def test_a_real_drop_fails_and_lists_the_flipped_documents(runs):
     assert len(task["flips"]["lost"]) == 30 and task["flips"]["gained"] == []
     assert task["flips"]["lost"][0] == {"doc_id": "doc-000", "baseline": 1.0, "candidate": 0.0}
     assert task["flips"]["mcnemar_p"] == pytest.approx(2 / 2 ** 30)
+
+
+def test_gzipped_samples_are_read_where_only_they_exist(runs):
+    """A large run keeps samples.jsonl.gz (a full MMLU's prompts are 48 MB); the flips still come out."""
+    import gzip
+
+    from qwen_eval.compare import flipped_documents
+
+    plain = runs["drop"] / "samples.jsonl"
+    with gzip.open(runs["drop"] / "samples.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(plain.read_text(encoding="utf-8"))
+    plain.unlink()
+    base, drop = load_runs([runs["baseline"]]), load_runs([runs["drop"]])
+    assert drop[0].samples_path.name == "samples.jsonl.gz"
+    flips = flipped_documents(base[0], drop[0])
+    assert flips["available"] and len(flips["lost"]) == 30 and flips["gained"] == []
+
+    (runs["drop"] / "samples.jsonl.gz").write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(UserError, match=r"samples\.jsonl\.gz: cannot read"):
+        flipped_documents(base[0], drop[0])
 
 
 @pytest.mark.slow
