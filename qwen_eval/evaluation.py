@@ -38,6 +38,7 @@ class Loaded:
     spec: DataSpec
     docs: list
     started: float
+    commit: str | None  # the checkout's commit when the run started (a long run can span commits)
 
 
 def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -> Task:
@@ -110,7 +111,7 @@ def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
 
 
 def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataSpec, docs, cfg: DictConfig,
-                   prompts_fingerprint: str, started: float) -> dict[str, Any]:
+                   prompts_fingerprint: str, started: float, commit: str | None) -> dict[str, Any]:
     metrics = result.metrics
     headline = task.headline
     if headline not in metrics:
@@ -131,7 +132,7 @@ def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataS
         "task_config": task.describe(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": output.package_versions(),
-        "git_commit": output.git_commit(),
+        "git_commit": commit,
         "timing": {"wall_seconds": time.time() - started, **{k: v for k, v in result.timing.items()
                                                               if k not in ("requests_total", "requests_cached")}},
         "world_size": distributed.world_size(),
@@ -145,7 +146,7 @@ def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataS
 
 def load_documents(cfg: DictConfig, task: Task) -> Loaded:
     """The task's documents as `data` and `limit` say (a UserError when there are none)."""
-    started = time.time()
+    started, commit = time.time(), output.git_commit()
     spec = data_spec(cfg)
     limit = cfg.limit
     if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -153,7 +154,7 @@ def load_documents(cfg: DictConfig, task: Task) -> Loaded:
     docs = task.load(spec, limit)
     if not docs:
         raise UserError(f"task {task.name}: no documents loaded from {spec.path or spec.resolved_source()}")
-    return Loaded(spec, list(docs), started)
+    return Loaded(spec, list(docs), started, commit)
 
 
 def cache_note(result: EvalResult, cache: AnswerCache | None) -> str:
@@ -180,7 +181,7 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
     if isinstance(backend, chat.ChatBackend):  # the prompts as the model saw them
         requests = chat.render_requests(requests, backend.template, backend.options)
     prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text for r in requests)
-    record = results_record(task, backend, result, spec, docs, cfg, prompts, started)
+    record = results_record(task, backend, result, spec, docs, cfg, prompts, started, loaded.commit)
     out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name)).absolute()
     out.mkdir(parents=True, exist_ok=True)
     output.write_samples(out / "samples.jsonl", result.samples)

@@ -139,3 +139,26 @@ def test_a_suite_stopped_midway_still_writes_the_table_of_what_finished(tmp_path
     assert "(n=15)†" in rows["tiny (measured)"]  # 3 questions x 5 subjects, a partial run
     assert "interrupted; the table of the 1 finished tasks is in" in stderr
     assert not (out / "gsm8k" / "results.json").exists()
+
+
+def test_results_name_the_commit_the_run_started_on(tmp_path: Path, monkeypatch):
+    """A long run can outlive a commit (the full MMLU ran for hours): results.json names the
+    checkout as it was when the run began, not when it ended."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from qwen_eval import evaluation, output
+    from qwen_eval.backends import build
+
+    commits = iter(["commit-at-start", "commit-at-end"])
+    monkeypatch.setattr(output, "git_commit", lambda: next(commits))
+    cfg = _composed("task=gsm8k", "model=tiny", "data.source=sample", "limit=1", "progress=false",
+                    f"output_dir={tmp_path / 'run'}", "cache_dir=null")
+    task = evaluation.make_task(cfg.task, cfg)
+    loaded = evaluation.load_documents(cfg, task)
+    backend = build(OmegaConf.to_container(cfg.model, resolve=True), seed=int(cfg.seed))
+    output.git_commit()  # someone commits while the model answers
+    evaluation.run_task(cfg, task, backend, None, loaded=loaded)
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["git_commit"] == "commit-at-start"
