@@ -188,16 +188,18 @@ class Engine:
                 ids[b, :suffix_len[i]] = torch.tensor(rows[i][shared:])
             ids = ids.to(self.device)
             lengths = torch.tensor([suffix_len[i] for i in group], device=self.device)
+            # only the wanted positions leave the last layer: [sum of len(wanted), D]
+            keep = torch.tensor([b * width + p - shared for b, i in enumerate(group) for p in wanted[i]],
+                                device=self.device)
             if shared:
                 cache = self.model.new_cache(len(group), width)
                 cache.load_prefix(keys, values, alphas[0])
-                hidden = self.model(ids, cache=cache, lengths=lengths, options=options, return_hidden=True)
+                hidden = self.model(ids, cache=cache, lengths=lengths, options=options, return_hidden=True, keep=keep)
             else:
-                hidden = self.model(ids, lengths=lengths, options=options, return_hidden=True)
+                hidden = self.model(ids, lengths=lengths, options=options, return_hidden=True, keep=keep)
             self.tokens_processed += int(lengths.sum())
-            for b, i in enumerate(group):
-                idx = torch.tensor([p - shared for p in wanted[i]], device=self.device)
-                out[i] = hidden[b].index_select(0, idx)
+            for i, h in zip(group, hidden.split([len(wanted[i]) for i in group])):
+                out[i] = h
         return out  # type: ignore[return-value]
 
     def score_rows(self, rows: list[ScoringRow], options: LongContextOptions | None = None
@@ -386,14 +388,14 @@ class Engine:
             ids[b, :len(p) - shared] = torch.tensor(p[shared:])
         ids = ids.to(self.device)
         suffix = torch.tensor([ln - shared for ln in lengths], device=self.device)
+        last = torch.arange(n, device=self.device) * width + suffix - 1  # each row's last position, flat
         if shared:
             cache.load_prefix(keys, values, alphas[0])
-            hidden = self.model(ids, cache=cache, lengths=suffix, return_hidden=True)
+            hidden = self.model(ids, cache=cache, lengths=suffix, return_hidden=True, keep=last)
         else:
-            hidden = self.model.prefill_cache(cache, ids, suffix)
+            hidden = self.model.prefill_cache(cache, ids, suffix, keep=last)
         self.tokens_processed += int(suffix.sum())
-        last = hidden[torch.arange(n, device=self.device), suffix - 1]
-        return cache, self.model.logits(last)
+        return cache, self.model.logits(hidden)
 
     def _prefill_set(self, batches: list[list[int]], tokens: list[list[int]], requests: list[Generate]
                      ) -> tuple[KVCache, Tensor]:

@@ -199,7 +199,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=cfg.qkv_bias)
         self.out = nn.Linear(q_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: Tensor, meta: ForwardMeta) -> Tensor:
+    def forward(self, x: Tensor, meta: ForwardMeta, keep: Tensor | None = None) -> Tensor:
         cfg = self.cfg
         b, t, _ = x.shape
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -210,7 +210,10 @@ class Attention(nn.Module):
         q, k = qk.split([cfg.num_heads, cfg.num_kv_heads], dim=2)
         if meta.logn is not None:  # keys and the cache are never scaled
             q = q * meta.logn[:, :, None, None].to(q.dtype)
-        return self.out(attend(q, k, v, meta.attention, self.layer).reshape(b, t, -1))
+        out = attend(q, k, v, meta.attention, self.layer).reshape(b, t, -1)
+        if keep is not None:  # only these positions' outputs are read: [N, H*hd]
+            out = out.reshape(b * t, -1).index_select(0, keep)
+        return self.out(out)
 
 
 class Block(nn.Module):
@@ -221,9 +224,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, meta: ForwardMeta) -> Tensor:
+    def forward(self, x: Tensor, meta: ForwardMeta, keep: Tensor | None = None) -> Tensor:
+        """keep: flat indices (b * T + t) of the only positions whose outputs are read. Every
+        position still writes its keys and values (the cache and the attention need them); the
+        output projection, the residual and the MLP run at the kept ones only, [N, D]."""
         # residual adds in place: x is the embedding lookup's fresh output or a previous block's
-        x = x.add_(self.attn(self.attn_norm(x), meta))
+        attn = self.attn(self.attn_norm(x), meta, keep)
+        if keep is not None:
+            x = x.view(-1, x.shape[-1]).index_select(0, keep)
+        x = x.add_(attn)
         return x.add_(self.mlp(self.mlp_norm(x)))
 
 
@@ -265,8 +274,13 @@ class Qwen(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, *, cache: KVCache | None = None, lengths: Tensor | None = None,
-                options: LongContextOptions | None = None, return_hidden: bool = False) -> Tensor:
+                options: LongContextOptions | None = None, return_hidden: bool = False,
+                keep: Tensor | None = None) -> Tensor:
         """Logits [B, T, V] (or final hidden states [B, T, D] with return_hidden).
+
+        keep: flat indices (b * T + t) of the positions whose outputs the caller reads; the result
+        is then [len(keep), V or D], and the last block runs its output projection and MLP only
+        there (a 24-layer model saves about 4% of a scoring forward's work).
 
         Without a cache: a full forward of right-padded rows whose real lengths are `lengths`
         (default: all T); NTK alpha comes from each row's length.
@@ -292,8 +306,9 @@ class Qwen(nn.Module):
         meta = ForwardMeta(rope, logn, attn)
 
         x = self.embed(input_ids)
-        for block in self.layers:
-            x = block(x, meta)
+        last = len(self.layers) - 1
+        for i, block in enumerate(self.layers):
+            x = block(x, meta, keep if i == last else None)
         if cache is not None:
             cache.advance(lengths, t)
         x = self.norm(x)
@@ -330,7 +345,7 @@ class Qwen(nn.Module):
 
     def prefill_cache(self, cache: KVCache, input_ids: Tensor, lengths: Tensor,
                       options: LongContextOptions | None = None, *, alphas: Sequence[float] | None = None,
-                      return_hidden: bool = True) -> Tensor:
+                      return_hidden: bool = True, keep: Tensor | None = None) -> Tensor:
         """Forward right-padded prompts into an empty cache.
 
         NTK alpha comes from each row's real length, as in a cache-less call, unless `alphas`
@@ -338,7 +353,8 @@ class Qwen(nn.Module):
         """
         cache.alphas = list(alphas) if alphas is not None else self.row_alphas(lengths.tolist(), options)
         cache.reset()
-        return self.forward(input_ids, cache=cache, lengths=lengths, options=options, return_hidden=return_hidden)
+        return self.forward(input_ids, cache=cache, lengths=lengths, options=options, return_hidden=return_hidden,
+                            keep=keep)
 
 
 def init_weights(model: Qwen, seed: int) -> Qwen:

@@ -377,3 +377,33 @@ def test_generate_reports_each_request_as_its_last_sample_ends(model, tokenizer)
     assert dict(reported) == {i: r.texts for i, r in enumerate(got)}
     assert len(got[2].texts) == 2
     assert [Engine(model, tokenizer).generate([r])[0].texts for r in requests] == [r.texts for r in got]
+
+
+def test_kept_positions_equal_the_full_forward_and_only_they_reach_the_last_mlp(model):
+    """forward(keep=...) gives the full forward's outputs at the kept positions, writes the same
+    cache, and runs the last block's MLP on those rows alone (the others' outputs are never read)."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    lengths = torch.tensor([9, 5, 7])
+    keep = torch.tensor([8, 9 + 4, 9 + 1, 18 + 6])  # flat b * T + t, two positions of row 1
+    seen: list[int] = []
+    hook = model.layers[-1].mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[:-1].numel()))
+    try:
+        with torch.inference_mode():
+            full = model(ids, lengths=lengths, return_hidden=True).reshape(27, -1)
+            kept = model(ids, lengths=lengths, return_hidden=True, keep=keep)
+            logits = model(ids, lengths=lengths, keep=keep)
+            cache_full, cache_kept = model.new_cache(3, 12), model.new_cache(3, 12)
+            model.prefill_cache(cache_full, ids, lengths)
+            prefilled = model.prefill_cache(cache_kept, ids, lengths, keep=keep)
+    finally:
+        hook.remove()
+    assert seen == [27, 4, 4, 27, 4]
+    assert kept.shape == (4, model.config.hidden_size)
+    torch.testing.assert_close(kept, full[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, model.logits(full[keep]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(prefilled, full[keep], atol=1e-5, rtol=1e-5)
+    assert cache_full.host_lengths == cache_kept.host_lengths
+    for layer in range(model.config.num_layers):
+        for a, b in zip(cache_full.segments(layer, 9), cache_kept.segments(layer, 9)):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
