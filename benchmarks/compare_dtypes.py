@@ -16,9 +16,9 @@ from pathlib import Path
 
 
 def samples(folder: Path) -> dict[str, dict]:
-    from qwen_eval.run_files import RESULTS_FILE, Run, read_samples_text
+    from qwen_eval.run_files import read_samples_text, samples_file
 
-    text = read_samples_text(Run(folder / RESULTS_FILE, {}).samples_path)
+    text = read_samples_text(samples_file(folder))
     lines = [line for line in text.split("\n") if line.strip()]  # not splitlines(): prompts hold U+2028
     return {s["doc_id"]: s for s in map(json.loads, lines)}
 

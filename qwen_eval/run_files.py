@@ -39,11 +39,7 @@ class Run:
 
     @property
     def samples_path(self) -> Path | None:
-        """samples.jsonl beside results.json, else samples.jsonl.gz where only that exists."""
-        if self.path is None:
-            return None
-        plain, packed = self.path.parent / SAMPLES_FILE, self.path.parent / SAMPLES_FILE_GZ
-        return packed if packed.is_file() and not plain.is_file() else plain
+        return None if self.path is None else samples_file(self.path.parent)
 
     def describe(self) -> str:
         """How to name this run in a message: its file, else task, model and time."""
@@ -142,6 +138,12 @@ def created(results: Mapping[str, Any]) -> datetime:
         if stamp is not None:
             return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
     return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def samples_file(folder: Path) -> Path:
+    """A run folder's samples.jsonl, else its samples.jsonl.gz where only that exists."""
+    plain, packed = folder / SAMPLES_FILE, folder / SAMPLES_FILE_GZ
+    return packed if packed.is_file() and not plain.is_file() else plain
 
 
 def read_samples(path: str | Path) -> dict[str, float]:
