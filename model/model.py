@@ -370,7 +370,9 @@ def init_weights(model: Qwen, seed: int) -> Qwen:
                 p.zero_()
             else:
                 std = out_std if name.endswith(("attn.out.weight", "mlp.down.weight")) else 0.02
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
+                # in place, bitwise randn(...) * std: no temporary the size of the embedding
+                torch.randn(p.shape, generator=gen, out=p.detach())
+                p.mul_(std)
     return model
 
 

@@ -281,6 +281,30 @@ def test_backend_with_a_checkpoint_path_end_to_end(tmp_path):
     assert backend.generate(generate)[0].texts[0]  # a random model still produces some text
 
 
+def test_init_weights_draws_each_weight_as_randn_times_its_std_in_parameter_order():
+    """The in-place draw (randn into the parameter, then a multiply) gives exactly the written-out
+    rule, so model=tiny's weights (and every figure measured on them) stay what they were."""
+    import math
+
+    from qwen_eval.model.model import Qwen, QwenConfig, init_weights
+
+    cfg = QwenConfig(vocab_size=7, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2,
+                     intermediate_size=48, tie_word_embeddings=False)
+    model = init_weights(Qwen(cfg), 11)
+    gen = torch.Generator().manual_seed(11)
+    drawn = 0
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.equal(p, torch.ones_like(p))
+        elif name.endswith(".bias"):
+            assert torch.equal(p, torch.zeros_like(p))
+        else:
+            std = 0.02 / math.sqrt(2 * cfg.num_layers) if name.endswith(("attn.out.weight", "mlp.down.weight")) else 0.02
+            assert torch.equal(p, torch.randn(p.shape, generator=gen) * std), name
+            drawn += 1
+    assert drawn == 2 + 5 * cfg.num_layers  # embed, lm_head; qkv, out, up, gate, down a layer
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_random_qwen_is_init_weights_without_the_default_init(tied):
     """Built without nn's default initialisation, the model has exactly init_weights' parameters,
