@@ -22,6 +22,7 @@ What a GGUF does not say, and what we assume:
 Weights are dequantized tensor by tensor and, for big matrices, in blocks of rows, straight into
 the model's parameters, so loading never holds a second copy of the model (the file itself is
 memory-mapped and read once). Every tensor type the `gguf` package can dequantize is accepted.
+The file's layout is read by model/gguf_file.py, not by gguf's own reader (see there why).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ import numpy as np
 import torch
 
 from qwen_eval.errors import UserError
+from qwen_eval.model.gguf_file import GGUFFile, GGUFFormatError, TensorInfo, read_gguf
 from qwen_eval.model.loading import Target, view_of
 from qwen_eval.model.model import Qwen, QwenConfig
 
 ARCHITECTURES = ("qwen2", "qwen")
 ROWS_PER_BLOCK = 8192  # rows dequantized at once: bounds the fp32 scratch to ~30 MB at width 896
-# metadata arrays too big to keep as Python lists when only their length matters
+# the tokenizer's arrays: kept apart from the metadata (which results and errors may print), and
+# dropped with the checkpoint once the tokenizer is built
 _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
                "tokenizer.ggml.scores")
 
@@ -48,15 +51,14 @@ _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml
 @dataclass
 class GGUFCheckpoint:
     """A GGUF file opened for reading: its metadata, its tokenizer arrays and its (memory-mapped)
-    tensors. The reader's own parse of the metadata (half a GB of small arrays for a 152K
-    vocabulary) is dropped once these are copied out."""
+    tensors."""
 
     path: Path
     arch: str
     config: QwenConfig
     metadata: dict[str, Any]
     vocab: dict[str, list]  # tokenizer.ggml.tokens / merges / token_type, where present
-    reader: Any = field(repr=False)
+    file: GGUFFile = field(repr=False)
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -86,48 +88,39 @@ def find_gguf(path: str | Path) -> Path | None:
 def open_gguf(path: str | Path) -> GGUFCheckpoint:
     """Read a GGUF file's header; a file that is not GGUF, is truncated, or holds another
     architecture is a UserError naming the file."""
-    from gguf import GGUFReader
-
     path = Path(path)
     try:
-        reader = GGUFReader(str(path), "r")
+        file = read_gguf(path)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; check model.path") from None
-    except Exception as e:  # bad magic, short header, malformed metadata, tensors past the end
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "reshape" in first:  # the reader maps each tensor where the header puts it
-            raise UserError(f"{path} is truncated: {path.stat().st_size:,} bytes is shorter than its header's "
-                            f"tensors need; download it again") from None
-        raise UserError(f"{path} is not a readable GGUF file ({first}); is the download complete?") from None
-    _check_complete(reader, path)
-    metadata = {k: _scalar(f) for k, f in reader.fields.items() if k not in _BIG_ARRAYS}
-    vocab = {k.removeprefix("tokenizer.ggml."): reader.fields[k].contents() for k in _BIG_ARRAYS
-             if k in reader.fields}
-    reader.fields.clear()
+    except (GGUFFormatError, OSError) as e:  # bad magic, short header, malformed metadata, a folder
+        raise UserError(f"{path} is not a readable GGUF file ({e}); is the download complete?") from None
+    _check_complete(file, path)
+    vocab = {k.removeprefix("tokenizer.ggml."): _as_list(file.metadata.pop(k)) for k in _BIG_ARRAYS
+             if k in file.metadata}
+    metadata = {k: _as_list(v) for k, v in file.metadata.items()}
     arch = metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise UserError(f"{path}: GGUF architecture {arch!r} is not supported by the bundled model, which reads "
                         f"{' and '.join(map(repr, ARCHITECTURES))} (Qwen1.5/2/2.5 and Qwen-1); use another runner "
                         f"for this model")
-    shapes = {t.name: tensor_shape(t) for t in reader.tensors}
+    shapes = {t.name: t.shape for t in file.tensors}
     if "token_embd.weight" not in shapes:
         raise UserError(f"{path} has no token_embd.weight tensor; it is not a complete {arch} model")
     config = gguf_config(metadata, arch, path, vocab_size=shapes["token_embd.weight"][0],
                          tied="output.weight" not in shapes)
-    return GGUFCheckpoint(path, arch, config, metadata, vocab, reader)
+    return GGUFCheckpoint(path, arch, config, metadata, vocab, file)
 
 
-def _scalar(f) -> Any:
-    try:
-        return f.contents()
-    except Exception:  # an array of arrays, or a type this gguf version cannot render
-        return None
+def _as_list(value: Any) -> Any:
+    """Metadata as plain Python: a numeric array (numpy, from the file reader) as a list."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def _check_complete(reader, path: Path) -> None:
+def _check_complete(file: GGUFFile, path: Path) -> None:
     size = path.stat().st_size
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
+    for t in file.tensors:
+        end = t.offset + t.n_bytes
         if end > size:
             raise UserError(f"{path} is truncated: tensor {t.name} ends at byte {end:,} but the file has "
                             f"{size:,} bytes; download it again")
@@ -205,21 +198,16 @@ def tensor_targets(cfg: QwenConfig, arch: str) -> dict[str, Target]:
 IGNORED = re.compile(r"rope_freqs\.weight$")  # llama.cpp's precomputed RoPE factors; we recompute
 
 
-def dequantized_rows(tensor, start: int, stop: int) -> np.ndarray:
+def dequantized_rows(file: GGUFFile, tensor: TensorInfo, start: int, stop: int) -> np.ndarray:
     """fp32 rows [start, stop) of a GGUF tensor in torch's [out, in] layout."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    data = tensor.data
+    data = file.tensor_data(tensor)
     block = data[start:stop] if data.ndim > 1 else data
-    if tensor.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+    if tensor.type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
         return np.array(block, dtype=np.float32)  # a copy: the mapped file is read-only
-    return dequantize(np.ascontiguousarray(block), tensor.tensor_type)
-
-
-def tensor_shape(tensor) -> tuple[int, ...]:
-    """torch shape of a GGUF tensor (GGUF lists dimensions innermost first)."""
-    return tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    return dequantize(np.ascontiguousarray(block), GGMLQuantizationType(tensor.type))
 
 
 def load_gguf_weights(model: Qwen, ckpt: GGUFCheckpoint) -> None:
@@ -232,28 +220,28 @@ def load_gguf_weights(model: Qwen, ckpt: GGUFCheckpoint) -> None:
     params = dict(model.named_parameters())
     filled: set[str] = set()
     with torch.no_grad():
-        for t in ckpt.reader.tensors:
+        for t in ckpt.file.tensors:
             if IGNORED.search(t.name):
                 continue
             target = targets.get(t.name)
             if target is None:
                 raise UserError(f"{ckpt.path}: tensor {t.name} is not part of a {ckpt.arch!r} model with this "
                                 f"file's metadata")
-            if t.tensor_type not in readable:
-                raise UserError(f"{ckpt.path}: tensor {t.name} has type {t.tensor_type.name}, which the gguf "
-                                f"package cannot dequantize; requantize the file (e.g. Q8_0 or Q4_K_M)")
+            if t.type not in readable:
+                raise UserError(f"{ckpt.path}: tensor {t.name} has type {GGMLQuantizationType(t.type).name}, which "
+                                f"the gguf package cannot dequantize; requantize the file (e.g. Q8_0 or Q4_K_M)")
             dest = view_of(params, target)
-            shape = tensor_shape(t)
+            shape = t.shape
             if tuple(dest.shape) != shape:
                 raise UserError(f"{ckpt.path}: tensor {t.name} has shape {list(shape)} but the metadata implies "
                                 f"{list(dest.shape)}")
             rows = shape[0] if len(shape) > 1 else 1
             for start in range(0, rows, ROWS_PER_BLOCK):
                 stop = min(rows, start + ROWS_PER_BLOCK)
-                block = torch.from_numpy(dequantized_rows(t, start, stop).reshape((-1, *shape[1:])))
+                block = torch.from_numpy(dequantized_rows(ckpt.file, t, start, stop).reshape((-1, *shape[1:])))
                 (dest[start:stop] if len(shape) > 1 else dest).copy_(block)
             filled.add(t.name)
-            _release(ckpt.reader, t)
+            ckpt.file.release(t)
     missing = [name for name in targets if name not in filled]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -292,16 +280,3 @@ def gguf_tokenizer(ckpt: GGUFCheckpoint):
             setattr(tokenizer, f"{name}_token", ckpt.vocab["tokens"][int(token_id)])
     return tokenizer
 
-
-def _release(reader, tensor) -> None:
-    """Drop the mapped pages of a tensor already copied (they count as resident until then)."""
-    import mmap
-
-    m = getattr(reader.data, "_mmap", None)
-    if m is None or not hasattr(m, "madvise"):
-        return
-    start = int(tensor.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
-    try:
-        m.madvise(mmap.MADV_DONTNEED, start, int(tensor.data_offset) + int(tensor.n_bytes) - start)
-    except (OSError, ValueError):
-        pass

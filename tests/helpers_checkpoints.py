@@ -143,3 +143,26 @@ def tiny_bpe_vocab(text: str, size: int = 512) -> dict:
     tokens += ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     types = [1] * learned + [3] * (len(tokens) - learned)
     return {"tokens": tokens, "merges": merges, "token_type": types, "eos": len(tokens) - 1}
+
+
+def assert_gguf_file_equals_gguf_reader(path: Path) -> None:
+    """qwen-eval's GGUF header reader (model/gguf_file.py) against the gguf package's GGUFReader on
+    one file: every metadata value, every tensor's name, type, place, shape and bytes."""
+    import gguf
+    import numpy as np
+
+    from qwen_eval.model.gguf_file import read_gguf
+
+    ours, theirs = read_gguf(path), gguf.GGUFReader(str(path))
+    fields = {k: f for k, f in theirs.fields.items() if not k.startswith("GGUF.")}  # GGUF.*: the header itself
+    assert list(ours.metadata) == list(fields)
+    for key, field in fields.items():
+        got = ours.metadata[key]
+        got = got.tolist() if isinstance(got, np.ndarray) else got
+        assert got == field.contents(), key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert (a.type, a.offset, a.n_bytes) == (int(b.tensor_type), int(b.data_offset), int(b.n_bytes)), a.name
+        assert a.shape == tuple(reversed(b.shape.tolist())), a.name
+        x, y = ours.tensor_data(a), b.data
+        assert (x.dtype, x.shape) == (y.dtype, y.shape) and np.array_equal(x, y), a.name

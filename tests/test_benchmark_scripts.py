@@ -83,3 +83,18 @@ def test_join_memory_stacks_the_two_caches():
     r = bench.measure(ROOT / "model" / "attention.py", args)
     assert r["stacked_cache_mb"] == round(24 * 2 * 5 * 266 * 2 * 64 * 2 / 2**20)
     assert r["peak_mb"] >= r["inputs_peak_mb"] > 0
+
+
+@pytest.mark.slow
+def test_gguf_open_measures_each_case_on_a_written_file(tmp_path):
+    """gguf_open.py's child on a small GGUF: every case opens it, in positive time; the
+    backend's weights (fp32) stay resident afterwards, a header alone holds far less."""
+    from helpers_checkpoints import PROMPTS, random_model, tiny_bpe_vocab, tiny_config, write_gguf
+
+    model = random_model(tiny_config(vocab_size=512, num_kv_heads=2, seq_length=256))
+    path = write_gguf(model, tmp_path / "m.gguf", vocab=tiny_bpe_vocab(" ".join(PROMPTS) * 5, size=512))
+    bench = load("gguf_open")
+    got = {case: bench.measure(case, str(path)) for case in bench.CASES}
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= r["after_mib"] - 1 for r in got.values()), got
+    weights_mib = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+    assert got["backend-float32"]["after_mib"] > got["header"]["after_mib"] + 0.5 * weights_mib, (got, weights_mib)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_checkpoints import PROMPTS, max_abs_diff, random_model, tiny_bpe_vocab, tiny_config, write_gguf
+from helpers_checkpoints import (PROMPTS, assert_gguf_file_equals_gguf_reader, max_abs_diff, random_model, tiny_bpe_vocab,
+                                tiny_config, write_gguf)
 from qwen_eval.errors import UserError
 from qwen_eval.model.gguf import find_gguf, from_gguf, gguf_tokenizer, open_gguf
 from qwen_eval.model.loading import from_pretrained
@@ -82,6 +83,35 @@ def test_tokenizer_from_gguf_metadata_matches_transformers(tmp_path, model, voca
     assert ours.encode("<|im_end|>") == [vocab["eos"]]
     assert ours.encode_batch(texts) == [ours.encode(t) for t in texts]
     assert ours.decode_bytes(ours.encode("café")) == "café".encode()
+
+
+@pytest.mark.parametrize("tensor_type", ["F32", "F16", "BF16", "Q8_0", "Q4_0"])
+def test_header_reader_equals_gguf_reader(tmp_path, model, vocab, tensor_type):
+    """The lean header reader gives what gguf's GGUFReader gives: metadata (the tokenizer's arrays
+    included), tensor table, tensor bytes."""
+    assert_gguf_file_equals_gguf_reader(write_gguf(model, tmp_path / "m.gguf", tensor_type=tensor_type, vocab=vocab))
+    qwen1 = write_gguf(random_model(tiny_config(vocab_size=512, num_kv_heads=4)), tmp_path / "q1.gguf", arch="qwen")
+    assert_gguf_file_equals_gguf_reader(qwen1)
+
+
+def test_header_errors_say_what_is_wrong(tmp_path, model):
+    import struct
+
+    data = bytearray(write_gguf(model, tmp_path / "m.gguf").read_bytes())
+    cases = {
+        "big-endian": (data[:4] + struct.pack(">I", 3) + data[8:], r"GGUF version 50331648 \(a big-endian file\)"),
+        "v1": (data[:4] + struct.pack("<I", 1) + data[8:], r"GGUF version 1; this reader reads little-endian versions 2 and 3"),
+        "empty": (b"", r"the file is empty"),
+    }
+    # the first key's value type (after magic, version, two counts, the key's length and bytes)
+    key_len = struct.unpack_from("<Q", data, 24)[0]
+    cases["value type"] = (data[:32 + key_len] + struct.pack("<I", 99) + data[36 + key_len:],
+                           r"metadata value type 99 at byte .* is not a GGUF type")
+    for name, (raw, message) in cases.items():
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(bytes(raw))
+        with pytest.raises(UserError, match=rf"{name}\.gguf is not a readable GGUF file \({message}"):
+            open_gguf(path)
 
 
 def test_find_gguf_file_or_folder(tmp_path, model):

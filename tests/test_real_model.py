@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from cli_helpers import read_results, read_samples, run_cli
+from helpers_checkpoints import assert_gguf_file_equals_gguf_reader
 from qwen_eval import fixtures
 from qwen_eval.requests import Choice, cut_at_stop
 
@@ -58,6 +59,12 @@ def test_metadata_as_published(ours):
     assert not cfg.tie_word_embeddings and cfg.rope_base == 1e6
     assert ours.describe()["stop_token_ids"] == [151643, 151645]  # <|endoftext|>, and the file's eos <|im_end|>
     assert "<|im_start|>" in ours.chat_template
+
+
+def test_header_reader_equals_gguf_reader_on_the_real_file(gguf_path):
+    """291 tensors (F32 and four quantizations: Q5_0, Q8_0, Q6_K, Q4_K), a 151,936-token vocabulary
+    and its 151,387 merges."""
+    assert_gguf_file_equals_gguf_reader(gguf_path)
 
 
 @torch.inference_mode()
