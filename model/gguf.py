@@ -42,8 +42,8 @@ from qwen_eval.model.model import Qwen, QwenConfig
 
 ARCHITECTURES = ("qwen2", "qwen")
 ROWS_PER_BLOCK = 8192  # rows dequantized at once: bounds the fp32 scratch to ~30 MB at width 896
-# the tokenizer's arrays: kept apart from the metadata (which results and errors may print), and
-# dropped with the checkpoint once the tokenizer is built
+# the tokenizer's arrays: kept apart from the other metadata, and dropped with the checkpoint once
+# the tokenizer is built
 _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
                "tokenizer.ggml.scores")
 
