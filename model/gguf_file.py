@@ -144,10 +144,7 @@ class _Cursor:
         return value
 
     def string(self) -> str:
-        try:
-            return self.take(self.scalar("<Q")).decode("utf-8")
-        except UnicodeDecodeError:
-            raise GGUFFormatError(f"a string at byte {self.pos:,} is not UTF-8") from None
+        return self.strings(1)[0]
 
     def strings(self, count: int) -> list[str]:
         """`count` strings in a row (a vocabulary: the one loop worth writing out)."""
