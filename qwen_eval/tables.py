@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -453,9 +454,21 @@ def write_table(table: pd.DataFrame, stem: str | Path, formats: Sequence[str] = 
             plot_table(table, path)
         written.append(path)
     if conflicts:
-        conflicts_path.write_text(json.dumps(conflicts, indent=2, default=str) + "\n", encoding="utf-8")
+        portable = [_relative_sources(c, conflicts_path.parent) for c in conflicts]
+        conflicts_path.write_text(json.dumps(portable, indent=2, default=str) + "\n", encoding="utf-8")
         written.append(conflicts_path)
     return written
+
+
+def _relative_sources(conflict: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """The conflict with its run files named relative to `base` (the report's folder), so a report
+    committed beside its runs reads the same on every checkout."""
+    def relative(source: str) -> str:
+        path = Path(source)
+        return os.path.relpath(path.resolve(), base.resolve()) if path.is_file() else source
+
+    return {**conflict, "shown": relative(conflict["shown"]),
+            "runs": [{**run, "source": relative(run["source"])} for run in conflict["runs"]]}
 
 
 # Reference rows in light colours (and hatched bars), measured rows in saturated ones: the two

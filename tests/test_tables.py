@@ -160,7 +160,11 @@ def test_every_format_shows_the_same_cells(runs_dir, tmp_path):
     notes = (out / "board.md").read_text(encoding="utf-8")
     assert "the newest full run is shown, a partial one only where no full run exists (details: board.conflicts.json)" \
         in notes and "transcribed 2026-11-28" in notes
-    assert json.loads((out / "board.conflicts.json").read_text(encoding="utf-8"))[0]["differs"] == ["protocol"]
+    conflict = json.loads((out / "board.conflicts.json").read_text(encoding="utf-8"))[0]
+    assert conflict["differs"] == ["protocol"]
+    # the run files are named from the report's folder, so the report reads the same on any checkout
+    sources = [conflict["shown"], *(run["source"] for run in conflict["runs"])]
+    assert all(not Path(s).is_absolute() and s.startswith("../") and (out / s).is_file() for s in sources), sources
     png = (out / "board.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
