@@ -407,3 +407,29 @@ def test_kept_positions_equal_the_full_forward_and_only_they_reach_the_last_mlp(
     for layer in range(model.config.num_layers):
         for a, b in zip(cache_full.segments(layer, 9), cache_kept.segments(layer, 9)):
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_the_mlp_runs_in_blocks_of_rows_with_the_whole_batch_result(model, monkeypatch):
+    """Block.forward feeds the MLP at most MLP_BLOCK_ROWS rows at a time (bounding a long batch's
+    largest tensors) and gives the unblocked forward's outputs, with and without kept positions."""
+    from qwen_eval.model import model as model_module
+
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    lengths = torch.tensor([9, 6, 8])
+    keep = torch.tensor([8, 9 + 5, 18 + 7])
+    with torch.inference_mode():
+        whole = model(ids, lengths=lengths, return_hidden=True)
+        whole_kept = model(ids, lengths=lengths, return_hidden=True, keep=keep)
+    seen: list[int] = []
+    hook = model.layers[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    monkeypatch.setattr(model_module, "MLP_BLOCK_ROWS", 5)
+    try:
+        with torch.inference_mode():
+            blocked = model(ids, lengths=lengths, return_hidden=True)
+            blocked_kept = model(ids, lengths=lengths, return_hidden=True, keep=keep)
+    finally:
+        hook.remove()
+    assert seen == [5, 5, 5, 5, 5, 2] * 2  # 27 rows in blocks of 5, in both forwards (layer 0 keeps all)
+    torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(blocked_kept, whole_kept, atol=1e-5, rtol=1e-5)

@@ -14,6 +14,7 @@ from qwen_eval.backends.base import Backend
 from qwen_eval.errors import UserError
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
+from qwen_eval.model.host_memory import bound_kernel_caches, release_free_memory
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
 from qwen_eval.model.model import Qwen, QwenConfig, random_qwen, window_schedule
@@ -105,6 +106,8 @@ class QwenBackend(Backend):
         self.max_length = engine.max_length
         self.fingerprint = fingerprint
         self.attention = engine.model.attention_kernel()  # the kernel model.attention resolved to here
+        weight = engine.model.lm_head.weight
+        self.device, self.dtype = str(weight.device), str(weight.dtype).removeprefix("torch.")
 
     @property
     def tokens_processed(self) -> int:
@@ -114,6 +117,8 @@ class QwenBackend(Backend):
     def from_config(cls, cfg: Mapping[str, Any], *, seed: int = 1234) -> "QwenBackend":
         device = resolve_device(cfg.get("device"))
         dtype = resolve_dtype(cfg.get("dtype"), device)
+        if device.type == "cpu":  # before the first matmul: the caches read their capacity once
+            bound_kernel_caches()
         attention = str(cfg.get("attention") or "auto")
         try:  # before any weights are read: a kernel that cannot run here is the one-line error
             resolve_kernel(attention, device, dtype)
@@ -146,8 +151,6 @@ class QwenBackend(Backend):
                     "weights": weights_id, "engine": ENGINE_VERSION, "seed": seed, "stop_token_ids": list(stops)}
         fingerprint = hashlib.sha256(json.dumps(numerics, sort_keys=True, default=str).encode()).hexdigest()[:16]
         backend = cls(engine, name=str(cfg.get("name") or "qwen"), path=path, fingerprint=fingerprint)
-        backend.dtype = str(dtype).removeprefix("torch.")
-        backend.device = str(device)
         backend.chat_template = loaded.chat_template
         backend.checkpoint_format = loaded.checkpoint_format
         return backend
@@ -165,17 +168,27 @@ class QwenBackend(Backend):
         tokenizer = self.engine.tokenizer
         return {"bos_token": getattr(tokenizer, "bos_token", None), "eos_token": getattr(tokenizer, "eos_token", None)}
 
+    def _released(self, results):
+        """results, after the heap's free pages go back to the system (on a CPU; model/host_memory.py)."""
+        if self.device == "cpu":
+            release_free_memory()
+        return results
+
     def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]:
-        return self.engine.choice(requests)
+        return self._released(self.engine.choice(requests))
 
     def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
-        return self.engine.generate(requests)
+        return self._released(self.engine.generate(requests))
 
     streams_generation = True
 
     def generate_streaming(self, requests: Sequence[Generate],
                            on_done: Callable[[int, GenerateResult], None]) -> list[GenerateResult]:
-        return self.engine.generate(requests, on_done=on_done)
+        def done(index: int, result: GenerateResult) -> None:  # one call serves a whole run
+            on_done(index, result)
+            self._released(None)
+
+        return self.engine.generate(requests, on_done=done)
 
     def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]:
-        return self.engine.rolling(requests)
+        return self._released(self.engine.rolling(requests))
