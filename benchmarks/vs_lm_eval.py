@@ -28,7 +28,12 @@ generation cases `--loop-batch-size` gives `generate` that many left-padded prom
 `--gguf` and `--llama-cpp-python` `llama-cpp` (llama.cpp through llama-cpp-python on the GGUF file
 itself, its quantized kernels: batch 1, each MMLU prompt reusing the KV cache of the tokens it shares
 with the previous one, GSM8K through create_completion at temperature 0). llama-cpp-python builds
-from source (`python -m venv V && V/bin/pip install llama-cpp-python`, about 5 minutes here).
+from source (`python -m venv V && V/bin/pip install llama-cpp-python`, about 5 minutes here); on an
+AMX Xeon give it `--llama-cpp-no-repack` (its AMX weight repacking crashes on this file).
+
+A runner that fails gets a row saying so, and the others still make the table. `--report-only`
+runs nothing and prints the table again from the files a run left in --workdir (after a fix,
+rerun only the runner that failed, `--runners NAME`, then `--report-only` with all of them).
 """
 
 from __future__ import annotations
@@ -178,11 +183,22 @@ def run_loop(case: str, checkpoint: Path, prompts: Path, out: Path, dtype: str, 
 # it imports neither torch nor qwen_eval)
 
 
-def run_llama(case: str, gguf: Path, prompts: Path, out: Path, max_length: int, threads: int) -> None:
+def run_llama(case: str, gguf: Path, prompts: Path, out: Path, max_length: int, threads: int, repack: bool) -> None:
     import math
 
     import numpy as np
+    import llama_cpp.llama_cpp as low_level
     from llama_cpp import Llama
+
+    if not repack:  # Llama() exposes no switch for it: its defaults come from this function
+        defaults = low_level.llama_model_default_params
+
+        def without_repacking():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low_level.llama_model_default_params = without_repacking
 
     started = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=max_length + 1024, n_threads=threads, n_threads_batch=threads,
@@ -221,29 +237,40 @@ def run_llama(case: str, gguf: Path, prompts: Path, out: Path, max_length: int, 
 # Running and reading each runner
 
 
-def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run under /usr/bin/time; wall seconds and peak RSS (MiB) of the whole process."""
-    stats = log.with_suffix(".time")
-    with open(log, "w") as f:
-        proc = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", str(stats), *cmd], stdout=f,
-                              stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.exit(f"{cmd[0]} failed (exit {proc.returncode}); see {log}")
-    wall, rss_kb = stats.read_text().split()[-2:]
+class RunnerFailed(Exception):
+    """A runner's process exited with an error: its row says so and the other runners still report."""
+
+
+def time_stats(log: Path) -> dict[str, float]:
+    """Wall seconds and peak RSS (MiB) of a finished runner, from the /usr/bin/time file beside its log."""
+    wall, rss_kb = log.with_suffix(".time").read_text().split()[-2:]
     return {"wall": float(wall), "rss_mib": int(rss_kb) / 1024}
 
 
+def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None, *, launch: bool = True) -> dict[str, float]:
+    """Run under /usr/bin/time (launch=False: read the stats of an earlier run, --report-only);
+    wall seconds and peak RSS (MiB) of the whole process."""
+    if launch:
+        with open(log, "w") as f:
+            proc = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", str(log.with_suffix(".time")), *cmd],
+                                  stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RunnerFailed(f"{Path(cmd[0]).name} exited {proc.returncode}; see {log}")
+    return time_stats(log)
+
+
 def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, checkpoint: Path, work: Path,
-                  dtype: str = "float32") -> dict:
+                  dtype: str = "float32", launch: bool = True) -> dict:
     out = work / f"qwen-eval-{case}-{dtype}"
-    shutil.rmtree(out, ignore_errors=True)
+    if launch:
+        shutil.rmtree(out, ignore_errors=True)
     data = [f"data.path={SHARED / case}"] if case in ("mmlu", "gsm8k") else ["data.source=sample"]
     cmd = [str(Path(sys.executable).with_name("qwen-eval")), f"task={case}", "model=qwen", f"model.path={checkpoint}",
            *data, f"limit={n}", f"batch_size={batch_size}", "cache_dir=null", f"output_dir={out}",
            "progress=false", f"model.dtype={dtype}"]
     if case != "mmlu":
         cmd.append(f"task.max_new_tokens={max_new_tokens}")
-    stats = timed(cmd, work / f"qwen-eval-{case}-{dtype}.log")
+    stats = timed(cmd, work / f"qwen-eval-{case}-{dtype}.log", launch=launch)
     record = json.loads((out / "results.json").read_text())
     stats["answer_seconds"] = record["timing"]["answer_seconds"]
     stats["predictions"] = {}
@@ -254,20 +281,24 @@ def run_qwen_eval(case: str, n: int, max_new_tokens: int, batch_size: int, check
 
 
 def run_lm_eval(case: str, python: str, batch_size: int, checkpoint: Path, prompts: Path, max_new_tokens: int,
-                work: Path) -> dict:
+                work: Path, launch: bool = True) -> dict:
     tasks_dir = work / "lm-eval-tasks"
     tasks_dir.mkdir(exist_ok=True)
     (tasks_dir / f"qe_bench_{case}.yaml").write_text(lm_eval_task_yaml(case, prompts, max_new_tokens))
     out = work / f"lm-eval-{case}"
-    shutil.rmtree(out, ignore_errors=True)
+    if launch:
+        shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [python, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={checkpoint},dtype=float32",
            "--tasks", f"qe_bench_{case}", "--include_path", str(tasks_dir), "--batch_size", str(batch_size),
            "--device", "cpu", "--output_path", str(out), "--log_samples"]
-    stats = timed(cmd, work / f"lm-eval-{case}.log", env)
+    stats = timed(cmd, work / f"lm-eval-{case}.log", env, launch=launch)
     docs = [json.loads(line) for line in prompts.read_text(encoding="utf-8").splitlines()]
-    (samples_file,) = out.rglob(f"samples_qe_bench_{case}_*.jsonl")
+    found = list(out.rglob(f"samples_qe_bench_{case}_*.jsonl"))
+    if len(found) != 1:
+        raise FileNotFoundError(2, "lm-eval wrote no samples file (or several)", str(out))
+    (samples_file,) = found
     stats["predictions"] = {}
     for line in samples_file.read_text(encoding="utf-8").splitlines():
         s = json.loads(line)
@@ -283,19 +314,22 @@ def run_lm_eval(case: str, python: str, batch_size: int, checkpoint: Path, promp
     return stats
 
 
-def run_batch1_loop(case: str, checkpoint: Path, prompts: Path, work: Path, dtype: str, batch_size: int) -> dict:
+def run_batch1_loop(case: str, checkpoint: Path, prompts: Path, work: Path, dtype: str, batch_size: int,
+                    launch: bool = True) -> dict:
     out = work / f"loop-{case}.json"
     stats = timed([sys.executable, __file__, "loop", case, str(checkpoint), str(prompts), str(out), dtype,
-                   str(batch_size)], work / f"loop-{case}.log")
+                   str(batch_size)], work / f"loop-{case}.log", launch=launch)
     record = json.loads(out.read_text())
     stats.update(predictions=record["predictions"], answer_seconds=record["answer_seconds"])
     return stats
 
 
-def run_llama_cpp(case: str, python: str, gguf: Path, prompts: Path, work: Path, max_length: int) -> dict:
+def run_llama_cpp(case: str, python: str, gguf: Path, prompts: Path, work: Path, max_length: int,
+                  launch: bool = True, repack: bool = True) -> dict:
     out = work / f"llama-cpp-{case}.json"
     stats = timed([python, __file__, "llama", case, str(gguf), str(prompts), str(out), str(max_length),
-                   str(os.cpu_count() or 1)], work / f"llama-cpp-{case}.log")
+                   str(os.cpu_count() or 1), "repack" if repack else "no-repack"], work / f"llama-cpp-{case}.log",
+                  launch=launch)
     record = json.loads(out.read_text())
     stats.update(predictions=record["predictions"], answer_seconds=record["answer_seconds"])
     return stats
@@ -311,7 +345,8 @@ def main() -> None:
         run_loop(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), sys.argv[6], int(sys.argv[7]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "llama":
-        run_llama(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
+        run_llama(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]),
+                  sys.argv[8] == "repack")
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", choices=CASES, required=True)
@@ -325,6 +360,9 @@ def main() -> None:
     p.add_argument("--runners", default="qwen-eval,qwen-eval-bf16,lm-eval,loop,llama-cpp")
     p.add_argument("--llama-cpp-python", default=None, help="python of a venv with llama-cpp-python (skip llama-cpp if unset)")
     p.add_argument("--max-length", type=int, default=2048, help="llama-cpp: the prompt length qwen-eval truncates to")
+    p.add_argument("--llama-cpp-no-repack", action="store_true",
+                   help="llama-cpp: no repacked weight buffers (use_extra_bufts=False). On an AMX Xeon, llama-cpp-python "
+                        "0.3.36 repacks this GGUF's q8_0 tensors for AMX and then crashes (SIGSEGV) at the first eval")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=8)
@@ -335,6 +373,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", help="qwen-eval's model.dtype (lm-eval runs fp32)")
     p.add_argument("--loop-dtype", default="float32", help="the loop's torch dtype")
     p.add_argument("--loop-batch-size", type=int, default=1, help="GSM8K, HumanEval: prompts per generate call in the loop")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: the table from the runners' files an earlier run left in --workdir")
     args = p.parse_args()
     if args.max_new_tokens is None:
         args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS[args.case]
@@ -352,26 +392,36 @@ def main() -> None:
     n_docs = prepare_prompts(args.case, args.n, args.max_new_tokens, prompts)
     print(f"{args.case}: {n_docs} documents, checkpoint {checkpoint}", flush=True)
 
-    runners = args.runners.split(",")
+    launch = not args.report_only
+    runs = {  # each runner: how to run it (or, with --report-only, read its earlier run) in this workdir
+        "qwen-eval": lambda: run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
+                                           args.gguf or checkpoint, work, args.dtype, launch),
+        "qwen-eval-bf16": lambda: run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
+                                                args.gguf or checkpoint, work, "bfloat16", launch),
+        "lm-eval": lambda: run_lm_eval(args.case, args.lm_eval_python, args.lm_eval_batch_size, checkpoint,
+                                       prompts, args.max_new_tokens, work, launch),
+        "loop": lambda: run_batch1_loop(args.case, checkpoint, prompts, work, args.loop_dtype, args.loop_batch_size,
+                                        launch),
+        "llama-cpp": lambda: run_llama_cpp(args.case, args.llama_cpp_python, args.gguf, prompts, work,
+                                           args.max_length, launch, not args.llama_cpp_no_repack),
+    }
+    skipped = {"qwen-eval-bf16": args.dtype == "bfloat16", "lm-eval": not args.lm_eval_python,
+               "llama-cpp": not (args.llama_cpp_python and args.gguf)}
     results: dict[str, dict] = {}
-    if "qwen-eval" in runners:
-        results["qwen-eval"] = run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
-                                             args.gguf or checkpoint, work, args.dtype)
-        print(f"qwen-eval: {results['qwen-eval']['wall']:.1f} s", flush=True)
-    if "qwen-eval-bf16" in runners and args.dtype != "bfloat16":
-        results["qwen-eval-bf16"] = run_qwen_eval(args.case, args.n, args.max_new_tokens, args.batch_size,
-                                                  args.gguf or checkpoint, work, "bfloat16")
-        print(f"qwen-eval-bf16: {results['qwen-eval-bf16']['wall']:.1f} s", flush=True)
-    if "lm-eval" in runners and args.lm_eval_python:
-        results["lm-eval"] = run_lm_eval(args.case, args.lm_eval_python, args.lm_eval_batch_size, checkpoint,
-                                         prompts, args.max_new_tokens, work)
-        print(f"lm-eval: {results['lm-eval']['wall']:.1f} s", flush=True)
-    if "loop" in runners:
-        results["loop"] = run_batch1_loop(args.case, checkpoint, prompts, work, args.loop_dtype, args.loop_batch_size)
-        print(f"loop: {results['loop']['wall']:.1f} s", flush=True)
-    if "llama-cpp" in runners and args.llama_cpp_python and args.gguf:
-        results["llama-cpp"] = run_llama_cpp(args.case, args.llama_cpp_python, args.gguf, prompts, work, args.max_length)
-        print(f"llama-cpp: {results['llama-cpp']['wall']:.1f} s", flush=True)
+    failed: dict[str, str] = {}
+    for name in [r for r in runs if r in args.runners.split(",") and not skipped.get(r)]:
+        try:
+            results[name] = runs[name]()
+        except RunnerFailed as e:  # the others' hour of measurements still gets its table
+            failed[name] = str(e)
+            print(f"{name}: failed, {e}", flush=True)
+            continue
+        except FileNotFoundError as e:
+            if launch:
+                raise
+            failed[name] = f"no earlier run to read ({e.filename})"
+            continue
+        print(f"{name}: {results[name]['wall']:.1f} s", flush=True)
 
     base = results.get("qwen-eval")
     if args.case != "mmlu":  # tokens of each runner's answers (cut at the stops), one tokenizer for all
@@ -390,6 +440,7 @@ def main() -> None:
         ratio = f"{r['wall'] / base['wall']:.1f}x" if base else "-"
         agree = agreement(base["predictions"], r["predictions"]) if base else "-"
         lines.append(f"| {name} | {r['wall']:.1f} | {ans} | {rate} | {r['rss_mib']:.0f} | {ratio} | {agree} |")
+    lines += [f"| {name} | failed: {why} | | | | | |" for name, why in failed.items()]
     report = "\n".join(lines) + "\n"
     print(report)
     (work / f"report-{args.case}.md").write_text(report)

@@ -98,3 +98,25 @@ def test_gguf_open_measures_each_case_on_a_written_file(tmp_path):
     assert all(r["seconds"] > 0 and r["peak_mib"] >= r["after_mib"] - 1 for r in got.values()), got
     weights_mib = sum(p.numel() for p in model.parameters()) * 4 / 2**20
     assert got["backend-float32"]["after_mib"] > got["header"]["after_mib"] + 0.5 * weights_mib, (got, weights_mib)
+
+
+@pytest.mark.slow
+def test_vs_lm_eval_reports_the_runners_that_finished_when_one_fails(tmp_path):
+    """A side-by-side run on a small random checkpoint: qwen-eval and the loop give the same greedy
+    texts; a runner that crashes gets a 'failed' row instead of losing the others' table, and
+    --report-only prints the same table again from the files the run left."""
+    args = [sys.executable, str(ROOT / "benchmarks" / "vs_lm_eval.py"), "--case", "humaneval", "--n", "2",
+            "--max-new-tokens", "4", "--hidden", "64", "--layers", "2", "--heads", "2", "--intermediate", "128",
+            "--runners", "qwen-eval,lm-eval,loop", "--lm-eval-python", "/bin/false", "--workdir", str(tmp_path)]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = (tmp_path / "report-humaneval.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["qwen-eval"].endswith("| 1.0x | 2/2 |")
+    assert rows["loop"].endswith("| 2/2 |")
+    assert "| failed: false exited 1; see " in rows["lm-eval"]
+    again = subprocess.run(args + ["--report-only"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    reread = (tmp_path / "report-humaneval.md").read_text()
+    assert reread.splitlines()[:4] == table.splitlines()[:4]  # title, header, qwen-eval's row
+    assert "failed: no earlier run to read" in reread  # lm-eval left no files
