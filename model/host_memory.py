@@ -10,6 +10,9 @@ full MMLU run reached 4.47 GB. Two things grow:
   so both only fill; capping one alone still leaves the other holding its entries.
 - glibc keeps the freed activations of one batch in its heap, in pieces the next batch's
   differently sized tensors do not fit, so the heap grows by fragments.
+
+Not bounded here: SDPA's bf16 CPU flash kernel compiles a brgemm kernel per block shape into a
+cache torch never trims (about 80 KB a question over a long MMLU run; benchmarks/README.md).
 """
 
 from __future__ import annotations
