@@ -1,4 +1,4 @@
-"""Keeping a long CPU run's resident memory flat: bounded kernel caches and freed heap handed back.
+"""A long CPU run's resident memory held down: bounded matmul caches and freed heap handed back.
 
 Measured on the real 0.5B model in bf16 (MMLU 5-shot, 285 questions, benchmarks/README.md "Ninth
 session"): without these, RSS climbs from 1.70 GB after loading to 2.56 GB at the end, and a
