@@ -559,12 +559,55 @@ class SdpaKernel:
                 torch.cat(lses, dim=1) if len(lses) > 1 else lses[0])
 
 
+def cpu_flash_query_rows(m: int) -> int:
+    """m queries rounded up to whole query blocks of torch's CPU flash kernel: blocks of 32
+    queries below 192, of 64 below 768, of 256 from there (FlashAttentionKernel.cpp). Up to 32
+    queries are one block of their own size: at most 32 shapes, so they stay as they are (a
+    decoding step's few queries would otherwise cost a block of 32)."""
+    if m <= 32:
+        return m
+
+    def block(n: int) -> int:
+        return 256 if n >= 768 else 64 if n >= 192 else 32
+    rows = -(-m // block(m)) * block(m)
+    return -(-rows // block(rows)) * block(rows)  # rounding up may reach the next block size
+
+
+def _pad_queries(x: Tensor, rows: int) -> Tensor:
+    """x [B, H or 1, M, N] with zero rows appended to `rows` along dim 2."""
+    padded = x.new_zeros(*x.shape[:2], rows, x.shape[3])
+    padded[:, :, :x.shape[2]] = x
+    return padded
+
+
+def _dense(x: Tensor) -> Tensor:
+    """A dense copy of a cut tensor in its own stride order: the layout the kernel returns
+    without padding (its lse is [B, M, H] in memory). The cascade's merge takes exp of the lse,
+    and torch's exp can differ by an ulp between memory layouts."""
+    order = sorted(range(x.dim()), key=lambda i: -x.stride(i))
+    return x.permute(order).contiguous().permute([order.index(i) for i in range(x.dim())])
+
+
 def _lse_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Attention [B, H, M, d] with equal head counts and an optional additive mask [B, 1, M, N],
-    returning (out, lse [B, H, M] fp32) from SDPA's own fused kernels."""
+    returning (out, lse [B, H, M] fp32) from SDPA's own fused kernels.
+
+    On CPU in bf16/fp16 the queries are padded to whole blocks of the kernel (zero queries, their
+    rows cut off after). The kernel compiles a brgemm kernel for each new (query block, key block)
+    shape into a cache torch never trims; a scoring run meets a new query count at nearly every
+    batch, so a full bf16 MMLU run grew by hundreds of MB. With whole query blocks the shapes
+    come from the key lengths only, and the cache stops growing (benchmarks/README.md, "Tenth
+    session"). fp32 runs through plain gemm calls, no cache, and is left exact as it was."""
     op = getattr(torch.ops.aten, SDPA_LSE_OPS[q.device.type])
     if q.device.type == "cpu":
-        return op(q, k, v, 0.0, False, attn_mask=mask)
+        m = q.shape[2]
+        rows = cpu_flash_query_rows(m) if q.dtype in (torch.bfloat16, torch.float16) else m
+        if rows == m:
+            return op(q, k, v, 0.0, False, attn_mask=mask)
+        if mask is not None:
+            mask = _pad_queries(mask, rows)
+        out, lse = op(_pad_queries(q, rows), k, v, 0.0, False, attn_mask=mask)[:2]
+        return _dense(out[:, :, :m]), _dense(lse[:, :, :m])
     bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], -1, -1)
     out, lse = op(q, k, v, bias, True)[:2]
     return out, lse[..., :q.shape[2]]  # the kernel pads the lse to a multiple of 32 queries

@@ -11,8 +11,9 @@ full MMLU run reached 4.47 GB. Two things grow:
 - glibc keeps the freed activations of one batch in its heap, in pieces the next batch's
   differently sized tensors do not fit, so the heap grows by fragments.
 
-Not bounded here: SDPA's bf16 CPU flash kernel compiles a brgemm kernel per block shape into a
-cache torch never trims (about 80 KB a question over a long MMLU run; benchmarks/README.md).
+A third cache is bounded where it is filled: SDPA's bf16 CPU flash kernel compiles a brgemm
+kernel per block shape into a cache torch never trims, so model/attention.py hands it whole query
+blocks only (`cpu_flash_query_rows`).
 """
 
 from __future__ import annotations

@@ -347,3 +347,66 @@ def test_the_exact_cpu_cascade_equals_the_generic_merge(monkeypatch):
     exact = _prefixed("sdpa", 4, 2, 0)
     monkeypatch.setattr(attention_module.SdpaKernel, "cpu_cascade", lambda self, q, segments, meta: None)
     assert max_abs_diff(_prefixed("sdpa", 4, 2, 0), exact) < 1e-6
+
+
+def test_cpu_flash_query_rows_are_whole_blocks_of_the_kernel():
+    """Queries are padded to the CPU flash kernel's query blocks (32 below 192, 64 below 768, 256
+    from there), so its brgemm kernels see a bounded set of block shapes; up to 32 stay as they are."""
+    rows = attention_module.cpu_flash_query_rows
+    assert [rows(m) for m in (1, 7, 32, 33, 191, 192, 700, 767, 768, 769, 2436)] == \
+        [1, 7, 32, 64, 192, 192, 704, 768, 768, 1024, 2560]
+    for m in range(33, 3000):
+        r = rows(m)
+        block = 256 if r >= 768 else 64 if r >= 192 else 32
+        assert m <= r < m + 256 and r % block == 0, m
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_padded_queries_leave_the_bf16_cpu_cascade_bitwise_unchanged(dtype, monkeypatch):
+    """The padding adds zero queries and cuts their rows; the real rows, and the layout the merge
+    takes exp over, are the unpadded kernel's: the cascade's output is bitwise the same."""
+    calls = []
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    def spy(q, *args, **kwargs):
+        calls.append(q.shape[2])
+        return op(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention_module, "SDPA_LSE_OPS", {"cpu": "spied"})
+    monkeypatch.setattr(torch.ops.aten, "spied", spy, raising=False)
+    gen = torch.Generator().manual_seed(11)
+    b, t, heads, kv_heads, d, p = 3, 40, 14, 2, 64, 425  # the real model's heads; 3 x 40 x 7 = 840 queries
+    cache = KVCache(1, b, t, kv_heads, d, dtype=dtype, device=torch.device("cpu"))
+    cache.load_prefix([torch.randn(1, p, kv_heads, d, generator=gen).to(dtype)],
+                      [torch.randn(1, p, kv_heads, d, generator=gen).to(dtype)], 1.0)
+    q, k, v = (x.to(dtype) for x in tensors(b, t, heads, kv_heads, d, seed=12))
+    starts = torch.full((b,), p)
+
+    def cascade():
+        cache.reset()
+        cache.load_prefix(*cache_prefix, 1.0)
+        return run("sdpa", q, k, v, starts, cache, 0)
+
+    cache_prefix = ([cache.segments(0, p + 1)[0].keys], [cache.segments(0, p + 1)[0].values])
+    padded = cascade()
+    assert calls == [1024, 320]  # 840 prefix queries -> 4 blocks of 256; 280 own -> 5 of 64
+    monkeypatch.setattr(attention_module, "cpu_flash_query_rows", lambda m: m)
+    assert torch.equal(cascade(), padded)
+    assert calls[2:] == [840, 280]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_padded_lse_attention_returns_the_unpadded_values_in_the_unpadded_layout(masked, monkeypatch):
+    """The merge takes exp of the lse, and torch's exp can round an ulp differently over another
+    memory layout (the real model flipped 2 of 285 MMLU log-probs in the 5th digit that way): the
+    cut rows come back in the layout the kernel gives without padding, not merely equal."""
+    gen = torch.Generator().manual_seed(13)
+    q = torch.randn(3, 2, 280, 64, generator=gen).to(torch.bfloat16)
+    k, v = (torch.randn(3, 2, 40, 64, generator=gen).to(torch.bfloat16) for _ in range(2))
+    mask = torch.zeros(3, 1, 280, 40, dtype=torch.bfloat16).masked_fill(torch.rand(3, 1, 280, 40, generator=gen) < 0.3,
+                                                                        float("-inf")) if masked else None
+    padded = attention_module._lse_attention(q, k, v, mask)
+    monkeypatch.setattr(attention_module, "cpu_flash_query_rows", lambda m: m)
+    plain = attention_module._lse_attention(q, k, v, mask)
+    for got, want in zip(padded, plain):
+        assert torch.equal(got, want) and got.stride() == want.stride()
