@@ -39,7 +39,8 @@ POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._
 REFILL_RATIO = 4  # the next decode set joins when the running rows are a quarter of it (Engine._decode)
 PAD_SPLIT = 0.75  # scoring: a row under this share of its batch's widest starts a new batch (Engine._batches)
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
-LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements (fp32) materialised at once when scoring long texts
+LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements per lm_head call when scoring (each call reads its whole weight)
+SOFTMAX_ROWS = 16  # rows of fp32 log-probabilities materialised at once (16 x 152K vocabulary = 9.3 MiB)
 
 
 def _options(lc: LongContext | None, cfg: QwenConfig) -> LongContextOptions | None:
@@ -69,6 +70,16 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
             i += 1
         n = i
     return n
+
+
+def log_softmax_rows(logits: Tensor):
+    """(first row, fp32 log-probabilities [n, V]) of `logits` [N, V], SOFTMAX_ROWS rows at a time.
+
+    The fp32 copy and the log-softmax's output are a scoring step's largest tensors: 2 x 256 MiB
+    for a 441-row chunk of a 152K vocabulary (a perplexity window), 2 x 37 MiB for 64 MMLU
+    questions. Each row is normalised on its own, so the blocks give the whole call's numbers."""
+    for r in range(0, logits.shape[0], SOFTMAX_ROWS):
+        yield r, torch.log_softmax(logits[r:r + SOFTMAX_ROWS].float(), dim=-1)
 
 
 class Engine:
@@ -224,11 +235,11 @@ class Engine:
         # weight for a handful of positions), in chunks that bound the fp32 logits
         chunk = max(1, LOSS_CHUNK_ELEMENTS // self.model.config.vocab_size)
         for s in range(0, hidden.shape[0], chunk):
-            logprobs = torch.log_softmax(self.model.logits(hidden[s:s + chunk]).float(), dim=-1)
-            mine = ((index >= s) & (index < s + chunk)).nonzero()[:, 0]
-            local = index[mine] - s
-            logprob[mine] = logprobs[local, target[mine]]
-            is_best[mine] = logprobs.argmax(-1)[local] == target[mine]
+            for r, logprobs in log_softmax_rows(self.model.logits(hidden[s:s + chunk])):
+                mine = ((index >= s + r) & (index < s + r + logprobs.shape[0])).nonzero()[:, 0]
+                local = index[mine] - s - r
+                logprob[mine] = logprobs[local, target[mine]]
+                is_best[mine] = logprobs.argmax(-1)[local] == target[mine]
         logprob_list, best_list = logprob.tolist(), is_best.tolist()
         scores, k = [], 0
         for row in rows:
@@ -268,7 +279,8 @@ class Engine:
     def _window_loglik(self, tokens: list[int], first_target: int, options) -> float:
         """Sum of log p(tokens[j] | tokens[:j]) for j >= first_target, in one forward pass.
 
-        The loss is taken in chunks of positions so an [L, V] fp32 logits tensor never exists.
+        The loss is taken in chunks of positions so an [L, V] fp32 logits tensor never exists
+        (lm_head over LOSS_CHUNK_ELEMENTS logits, the log-softmax over SOFTMAX_ROWS rows).
         """
         ids = torch.tensor([tokens], device=self.device)
         hidden = self.model(ids, options=options, return_hidden=True)[0]
@@ -278,8 +290,9 @@ class Engine:
         chunk = max(1, LOSS_CHUNK_ELEMENTS // self.model.config.vocab_size)
         total = 0.0
         for s in range(0, h.shape[0], chunk):
-            logprobs = torch.log_softmax(self.model.logits(h[s:s + chunk]).float(), dim=-1)
-            total += float(logprobs.gather(1, targets[s:s + chunk, None]).sum())
+            picked = [logprobs.gather(1, targets[s + r:s + r + logprobs.shape[0], None])
+                      for r, logprobs in log_softmax_rows(self.model.logits(h[s:s + chunk]))]
+            total += float(torch.cat(picked).sum())  # summed per lm_head chunk, as a whole chunk was
         return total
 
     # ------------------------------------------------------------------------------------------

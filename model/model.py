@@ -167,8 +167,9 @@ class RMSNorm(nn.Module):
         return normed.to(x.dtype) * self.weight
 
 
-MLP_BLOCK_ROWS = 2048  # rows per MLP block (Block.forward): 8 x 2,048 tokens of the 0.5B model in fp32
-                       # peak 416 MiB lower than whole, in 56.0 s against 61.9 (benchmarks/README.md)
+BLOCK_ROWS = 2048  # rows per block of Block.forward's row-wise work (the attention's norm, the MLP):
+                  # 8 x 2,048 tokens of the 0.5B model in fp32 peak 416 MiB lower with a blocked MLP
+                  # than whole, in 56.0 s against 61.9 (benchmarks/README.md)
 
 
 class MLP(nn.Module):
@@ -233,7 +234,7 @@ class Block(nn.Module):
         position still writes its keys and values (the cache and the attention need them); the
         output projection, the residual and the MLP run at the kept ones only, [N, D]."""
         # residual adds in place: x is the embedding lookup's fresh output or a previous block's
-        attn = self.attn(self.attn_norm(x), meta, keep)
+        attn = self.attn(self._attention_input(x), meta, keep)
         if keep is not None:
             x = x.view(-1, x.shape[-1]).index_select(0, keep)
         x = x.add_(attn)
@@ -242,10 +243,23 @@ class Block(nn.Module):
         # row-wise, so a block changes a row's result only as a batch of another size does: the
         # matmul may pick other kernels for another row count (within rounding)
         rows = x.view(-1, x.shape[-1])
-        for start in range(0, rows.shape[0], MLP_BLOCK_ROWS):
-            block = rows[start:start + MLP_BLOCK_ROWS]
+        for start in range(0, rows.shape[0], BLOCK_ROWS):
+            block = rows[start:start + BLOCK_ROWS]
             block.add_(self.mlp(self.mlp_norm(block)))
         return x
+
+    def _attention_input(self, x: Tensor) -> Tensor:
+        """attn_norm(x), in blocks of rows: the norm's fp32 temporaries are the largest tensors of a
+        long forward after the MLP's (3 x 56 MiB at 16K tokens of the 0.5B model in bf16). RMSNorm
+        reduces each row on its own, so the blocks give the whole call's numbers bitwise."""
+        rows = x.view(-1, x.shape[-1])
+        if rows.shape[0] <= BLOCK_ROWS:
+            return self.attn_norm(x)
+        out = torch.empty_like(x)
+        out_rows = out.view(-1, x.shape[-1])
+        for start in range(0, rows.shape[0], BLOCK_ROWS):
+            out_rows[start:start + BLOCK_ROWS] = self.attn_norm(rows[start:start + BLOCK_ROWS])
+        return out
 
 
 @dataclass(frozen=True)

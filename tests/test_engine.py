@@ -409,9 +409,10 @@ def test_kept_positions_equal_the_full_forward_and_only_they_reach_the_last_mlp(
             assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
 
-def test_the_mlp_runs_in_blocks_of_rows_with_the_whole_batch_result(model, monkeypatch):
-    """Block.forward feeds the MLP at most MLP_BLOCK_ROWS rows at a time (bounding a long batch's
-    largest tensors) and gives the unblocked forward's outputs, with and without kept positions."""
+def test_the_mlp_and_the_attention_norm_run_in_blocks_of_rows_with_the_whole_batch_result(model, monkeypatch):
+    """Block.forward feeds the MLP and the attention's norm at most BLOCK_ROWS rows at a time
+    (bounding a long batch's largest tensors) and gives the unblocked forward's outputs, with and
+    without kept positions."""
     from qwen_eval.model import model as model_module
 
     torch.manual_seed(1)
@@ -422,14 +423,35 @@ def test_the_mlp_runs_in_blocks_of_rows_with_the_whole_batch_result(model, monke
         whole = model(ids, lengths=lengths, return_hidden=True)
         whole_kept = model(ids, lengths=lengths, return_hidden=True, keep=keep)
     seen: list[int] = []
-    hook = model.layers[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
-    monkeypatch.setattr(model_module, "MLP_BLOCK_ROWS", 5)
+    normed: list[int] = []
+    hooks = [model.layers[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0])),
+             model.layers[0].attn_norm.register_forward_hook(lambda mod, args, out: normed.append(args[0].shape[0]))]
+    monkeypatch.setattr(model_module, "BLOCK_ROWS", 5)
     try:
         with torch.inference_mode():
             blocked = model(ids, lengths=lengths, return_hidden=True)
             blocked_kept = model(ids, lengths=lengths, return_hidden=True, keep=keep)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert seen == [5, 5, 5, 5, 5, 2] * 2  # 27 rows in blocks of 5, in both forwards (layer 0 keeps all)
+    assert normed == [5, 5, 5, 5, 5, 2] * 2
     torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(blocked_kept, whole_kept, atol=1e-5, rtol=1e-5)
+
+
+def test_the_log_softmax_runs_over_blocks_of_rows_with_the_whole_call_numbers(model, tokenizer, monkeypatch):
+    """Scoring and perplexity take the fp32 log-softmax SOFTMAX_ROWS rows at a time (its input
+    copy and output are a scoring step's largest tensors) and give, bitwise, what one call over
+    each lm_head chunk gives."""
+    requests = choice_requests()
+    rolling = [Rolling(TEXT, max_length=40, stride=20)]
+    monkeypatch.setattr(engine_module, "SOFTMAX_ROWS", 1 << 30)
+    whole = Engine(model, tokenizer).choice(requests), Engine(model, tokenizer).rolling(rolling)
+    widths: list[int] = []
+    log_softmax = torch.log_softmax
+    monkeypatch.setattr(torch, "log_softmax", lambda x, dim: widths.append(x.shape[0]) or log_softmax(x, dim=dim))
+    monkeypatch.setattr(engine_module, "SOFTMAX_ROWS", 3)
+    blocked = Engine(model, tokenizer).choice(requests), Engine(model, tokenizer).rolling(rolling)
+    assert blocked == whole
+    assert widths and max(widths) == 3 and sum(widths) > 3 * len(requests) // 2
