@@ -203,7 +203,7 @@ class Engine:
             keep = torch.tensor([b * width + p - shared for b, i in enumerate(group) for p in wanted[i]],
                                 device=self.device)
             if shared:
-                cache = self.model.new_cache(len(group), width)
+                cache = self.model.new_cache(len(group), width, scratch=True)  # read by this forward only
                 cache.load_prefix(keys, values, alphas[0])
                 hidden = self.model(ids, cache=cache, lengths=lengths, options=options, return_hidden=True, keep=keep)
             else:

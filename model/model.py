@@ -362,12 +362,13 @@ class Qwen(nn.Module):
         """lm_head over already-normalised hidden states (for chunked losses and last-token scoring)."""
         return self.lm_head(hidden)
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int, *, scratch: bool = False) -> KVCache:
         """An empty cache of batch_size rows, each able to hold max_len positions (after a shared
-        prefix loaded later, max_len counts the positions after it)."""
+        prefix loaded later, max_len counts the positions after it). scratch: for one forward
+        whose keys are not read afterwards, one storage for all layers (KVCache)."""
         p, cfg = self.embed.weight, self.config
         return KVCache(cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim, dtype=p.dtype,
-                       device=p.device)
+                       device=p.device, scratch=scratch)
 
     def prefill_cache(self, cache: KVCache, input_ids: Tensor, lengths: Tensor,
                       options: LongContextOptions | None = None, *, alphas: Sequence[float] | None = None,

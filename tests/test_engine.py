@@ -455,3 +455,34 @@ def test_the_log_softmax_runs_over_blocks_of_rows_with_the_whole_call_numbers(mo
     blocked = Engine(model, tokenizer).choice(requests), Engine(model, tokenizer).rolling(rolling)
     assert blocked == whole
     assert widths and max(widths) == 3 and sum(widths) > 3 * len(requests) // 2
+
+
+def test_a_scratch_cache_holds_one_layer_and_scores_as_a_full_cache(model, monkeypatch):
+    """Scoring after a shared prefix writes its rows' keys into a scratch cache: one storage for
+    every layer (each layer's keys are read by its own attention only), the same hidden states
+    as a cache that keeps all layers; and the engine asks for one."""
+    torch.manual_seed(2)
+    prefix_ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    ids = torch.randint(0, model.config.vocab_size, (3, 7))
+    lengths = torch.tensor([7, 4, 6])
+    keep = torch.tensor([6, 7 + 3, 14 + 5])
+    with torch.inference_mode():
+        prefix = model.new_cache(1, 12)
+        model.prefill_cache(prefix, prefix_ids, torch.tensor([12]))
+        hidden = {}
+        for scratch in (False, True):
+            cache = model.new_cache(3, 7, scratch=scratch)
+            cache.load_prefix(prefix.keys, prefix.values, 1.0)
+            hidden[scratch] = model(ids, cache=cache, lengths=lengths, return_hidden=True, keep=keep)
+            stores = {k.data_ptr() for k in cache.keys} | {v.data_ptr() for v in cache.values}
+            assert len(stores) == (2 if scratch else 2 * model.config.num_layers)
+    assert torch.equal(hidden[True], hidden[False])
+
+    asked: list[bool] = []
+    new_cache = type(model).new_cache
+    monkeypatch.setattr(type(model), "new_cache",
+                        lambda self, b, n, scratch=False: asked.append(scratch) or new_cache(self, b, n, scratch=scratch))
+    tokenizer = load_tokenizer(None)
+    Engine(model, tokenizer).choice(choice_requests()[:4])  # one subject: a prefix, then its questions
+    # the kept prefix needs every layer; the questions' batches (split by width) do not
+    assert asked[0] is False and len(asked) > 1 and all(asked[1:])
