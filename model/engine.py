@@ -22,7 +22,7 @@ its own true positions and NTK alpha, and a prefix is only shared between rows w
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -72,7 +72,7 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def log_softmax_rows(logits: Tensor):
+def log_softmax_rows(logits: Tensor) -> Iterator[tuple[int, Tensor]]:
     """(first row, fp32 log-probabilities [n, V]) of `logits` [N, V], SOFTMAX_ROWS rows at a time.
 
     The fp32 copy and the log-softmax's output are a scoring step's largest tensors: 2 x 256 MiB
