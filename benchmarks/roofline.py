@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import torch
 
@@ -31,15 +32,19 @@ SHAPES = [("qkv", HIDDEN, (HEADS + 2 * KV_HEADS) * HEAD_DIM), ("o", HEADS * HEAD
           ("gate+up", HIDDEN, 2 * MLP), ("down", MLP, HIDDEN)]
 
 
-def gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
+def calls_per_second(fn: Callable[[], object], seconds: float, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     count, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        a @ b
+        fn()
         count += 1
-    return 2 * m * k * n * count / elapsed / 1e9
+    return count / elapsed
+
+
+def gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    return 2 * m * k * n * calls_per_second(lambda: a @ b, seconds, warmup=3) / 1e9
 
 
 def layered_gflops(m: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
@@ -52,12 +57,7 @@ def layered_gflops(m: int, dtype: torch.dtype, seconds: float = 3.0) -> float:
             for (_, k, _), w in zip(SHAPES, layer):
                 inputs[k] @ w
 
-    forward()
-    count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        forward()
-        count += 1
-    return 2 * m * LAYERS * sum(k * n for _, k, n in SHAPES) * count / elapsed / 1e9
+    return 2 * m * LAYERS * sum(k * n for _, k, n in SHAPES) * calls_per_second(forward, seconds) / 1e9
 
 
 def main() -> None:
