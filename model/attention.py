@@ -477,15 +477,18 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, is_cau
     return out.transpose(1, 2)
 
 
-def _float_mask(vis: Tensor, dtype: torch.dtype, g: int, align: int = 1) -> Tensor:
+def _float_mask(vis: Tensor, dtype: torch.dtype, g: int, align: int = 1, columns: int | None = None) -> Tensor:
     """bool [B, T, N] -> additive mask [B, 1, T*g, N] (rows ordered (t, j)), 0 or -inf; on CUDA
-    padded so its rows are `align`-aligned, as the memory-efficient kernel needs."""
+    padded so its rows are `align`-aligned, as the memory-efficient kernel needs. columns (>= N):
+    the width of a mask for keys padded past N, its extra columns -inf (padded keys weigh 0)."""
     b, t, n = vis.shape
+    columns = columns or n
     hidden = ~vis[:, None, :, None, :].expand(b, 1, t, g, n).reshape(b, 1, t * g, n)
-    width = -(-n // align) * align
+    width = -(-columns // align) * align
     mask = torch.zeros((b, 1, t * g, width), dtype=dtype, device=vis.device)
     mask[..., :n].masked_fill_(hidden, float("-inf"))
-    return mask[..., :n]
+    mask[..., n:columns] = float("-inf")
+    return mask[..., :columns]
 
 
 class SdpaKernel:
@@ -519,8 +522,11 @@ class SdpaKernel:
     def cpu_cascade(self, q, segments, meta):
         """The cascade on CPU without a window, merged in the folded layout the kernels return:
         bitwise the numbers of the CPU path this replaced (the generic merge reorders the parts
-        first, and torch's elementwise exp can differ by an ulp between memory layouts). None
-        when the own-key mask would exceed one block (the generic path blocks it)."""
+        first, and torch's elementwise exp can differ by an ulp between memory layouts). In
+        bf16/fp16 the own keys are padded to whole blocks (cpu_flash_key_columns): the padded
+        keys weigh 0, but the kernel's sums then run over other lengths, so bf16 results move
+        within bf16's rounding. None when the own-key mask would exceed one block (the generic
+        path blocks it)."""
         prefix, own = segments
         b, t, h, d = q.shape
         kv, n = prefix.keys.shape[2], own.keys.shape[1]
@@ -533,9 +539,13 @@ class SdpaKernel:
         out_p = out_p.view(kv, b, t * g, d).transpose(0, 1)  # [B, kv, t*g, d]
         lse_p = lse_p.view(kv, b, t * g).transpose(0, 1)
         vis = _seg_visible(meta, own, 0)
-        mask = meta.cached(("float", own.start, n, 0, g, b), lambda: _float_mask(vis, q.dtype, g))
-        out_o, lse_o = _lse_attention(qg.permute(0, 2, 1, 3, 4).reshape(b, kv, t * g, d), own.keys.transpose(1, 2),
-                                      own.values.transpose(1, 2), mask)
+        columns = cpu_flash_key_columns(n) if q.dtype in CPU_BRGEMM_DTYPES else n
+        mask = meta.cached(("float", own.start, n, 0, g, b, columns),
+                           lambda: _float_mask(vis, q.dtype, g, columns=columns))
+        k, v = own.keys.transpose(1, 2), own.values.transpose(1, 2)
+        if columns != n:
+            k, v = _pad_rows(k, columns), _pad_rows(v, columns)
+        out_o, lse_o = _lse_attention(qg.permute(0, 2, 1, 3, 4).reshape(b, kv, t * g, d), k, v, mask)
         lse = torch.logaddexp(lse_p.float(), lse_o.float())
         out = out_p.float() * torch.exp(lse_p - lse)[..., None] + out_o.float() * torch.exp(lse_o - lse)[..., None]
         return out.view(b, kv, t, g, d).permute(0, 2, 1, 3, 4).reshape(b, t, h, d).to(q.dtype)
@@ -566,6 +576,21 @@ class SdpaKernel:
                 torch.cat(lses, dim=1) if len(lses) > 1 else lses[0])
 
 
+# bf16 and fp16 run SDPA's CPU flash kernel through brgemm kernels, compiled per block shape
+# into a cache torch never trims (see _lse_attention); fp32 runs plain gemm calls.
+CPU_BRGEMM_DTYPES = (torch.bfloat16, torch.float16)
+CPU_FLASH_KEY_BLOCK = 32  # keys; the kernel splits keys into blocks of 512, the tail compiles per length
+
+
+def cpu_flash_key_columns(n: int) -> int:
+    """n keys rounded up to whole blocks of CPU_FLASH_KEY_BLOCK: a key tail (n mod 512) takes 16
+    lengths instead of 512. The cascade's own keys are as many as its batch is wide, and a full
+    MMLU run meets most widths up to 2,048. Blocks of 32 rather than 64: a narrow batch's own
+    part is not doubled, and 16 tails x 3 query blocks stayed within 10 MiB (benchmarks/README.md,
+    "Eleventh session")."""
+    return -(-n // CPU_FLASH_KEY_BLOCK) * CPU_FLASH_KEY_BLOCK
+
+
 def cpu_flash_query_rows(m: int) -> int:
     """m queries rounded up to whole query blocks of torch's CPU flash kernel: blocks of 32
     queries below 192, of 64 below 768, of 256 from there (FlashAttentionKernel.cpp). Up to 32
@@ -580,8 +605,9 @@ def cpu_flash_query_rows(m: int) -> int:
     return -(-rows // block(rows)) * block(rows)  # rounding up may reach the next block size
 
 
-def _pad_queries(x: Tensor, rows: int) -> Tensor:
-    """x [B, H or 1, M, N] with zero rows appended to `rows` along dim 2."""
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    """x [B, H or 1, M, N] with zero rows appended to `rows` along dim 2 (queries, mask rows,
+    or keys and values)."""
     padded = x.new_zeros(*x.shape[:2], rows, x.shape[3])
     padded[:, :, :x.shape[2]] = x
     return padded
@@ -603,17 +629,18 @@ def _lse_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tupl
     rows cut off after). The kernel compiles a brgemm kernel for each new (query block, key block)
     shape into a cache torch never trims; a scoring run meets a new query count at nearly every
     batch, so a full bf16 MMLU run grew by hundreds of MB. With whole query blocks the shapes
-    come from the key lengths only, and the cache stops growing (benchmarks/README.md, "Tenth
+    come from the key lengths only: the prefixes' (a few per task) and the own keys', which
+    cpu_cascade pads to whole blocks of 32 (benchmarks/README.md, "Tenth session" and "Eleventh
     session"). fp32 runs through plain gemm calls, no cache, and is left exact as it was."""
     op = getattr(torch.ops.aten, SDPA_LSE_OPS[q.device.type])
     if q.device.type == "cpu":
         m = q.shape[2]
-        rows = cpu_flash_query_rows(m) if q.dtype in (torch.bfloat16, torch.float16) else m
+        rows = cpu_flash_query_rows(m) if q.dtype in CPU_BRGEMM_DTYPES else m
         if rows == m:
             return op(q, k, v, 0.0, False, attn_mask=mask)
         if mask is not None:
-            mask = _pad_queries(mask, rows)
-        out, lse = op(_pad_queries(q, rows), k, v, 0.0, False, attn_mask=mask)[:2]
+            mask = _pad_rows(mask, rows)
+        out, lse = op(_pad_rows(q, rows), k, v, 0.0, False, attn_mask=mask)[:2]
         return _dense(out[:, :, :m]), _dense(lse[:, :, :m])
     bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], -1, -1)
     out, lse = op(q, k, v, bias, True)[:2]

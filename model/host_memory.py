@@ -13,7 +13,8 @@ full MMLU run reached 4.47 GB. Two things grow:
 
 A third cache is bounded where it is filled: SDPA's bf16 CPU flash kernel compiles a brgemm
 kernel per block shape into a cache torch never trims, so model/attention.py hands it whole query
-blocks only (`cpu_flash_query_rows`).
+blocks only (`cpu_flash_query_rows`) and, for the cascade's own keys, whole blocks of 32 keys
+(`cpu_flash_key_columns`).
 """
 
 from __future__ import annotations

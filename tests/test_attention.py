@@ -410,3 +410,55 @@ def test_padded_lse_attention_returns_the_unpadded_values_in_the_unpadded_layout
     plain = attention_module._lse_attention(q, k, v, mask)
     for got, want in zip(padded, plain):
         assert torch.equal(got, want) and got.stride() == want.stride()
+
+
+def test_cpu_flash_key_columns_are_whole_blocks_of_32():
+    columns = attention_module.cpu_flash_key_columns
+    assert [columns(n) for n in (1, 31, 32, 33, 511, 512, 513, 2047)] == [32, 32, 32, 64, 512, 512, 544, 2048]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_cpu_cascade_pads_own_keys_to_whole_blocks_in_bf16_only(dtype, monkeypatch):
+    """In bf16 the own-key part gets zero keys up to a whole block of 32, hidden by -inf mask
+    columns: the kernel then meets 16 key tails instead of one per batch width (its cache of
+    compiled kernels stops growing). The padded keys weigh nothing: the result is the attention
+    of the real keys to bf16's rounding (the kernel's sums run over other lengths, so not
+    bitwise). fp32 has no such cache and is left exact."""
+    calls = []
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    def spy(q, k, v, *args, attn_mask=None, **kwargs):
+        calls.append((k.shape[2], None if attn_mask is None else attn_mask.clone()))
+        return op(q, k, v, *args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention_module, "SDPA_LSE_OPS", {"cpu": "spied"})
+    monkeypatch.setattr(torch.ops.aten, "spied", spy, raising=False)
+    gen = torch.Generator().manual_seed(21)
+    b, t, heads, kv_heads, d, p = 3, 40, 14, 2, 64, 100
+    prefix = [torch.randn(1, p, kv_heads, d, generator=gen).to(dtype) for _ in range(2)]
+    q, k, v = (x.to(dtype) for x in tensors(b, t, heads, kv_heads, d, seed=22))
+    starts = torch.full((b,), p)
+
+    def cascade():
+        cache = KVCache(1, b, t, kv_heads, d, dtype=dtype, device=torch.device("cpu"))
+        cache.load_prefix([prefix[0]], [prefix[1]], 1.0)
+        return run("sdpa", q, k, v, starts, cache, 0)
+
+    got = cascade()
+    (prefix_keys, no_mask), (own_keys, mask) = calls
+    assert prefix_keys == p and no_mask is None
+    if dtype == torch.float32:
+        assert own_keys == t and mask.shape[-1] == t
+        return
+    assert own_keys == 64 and mask.shape[-1] == 64
+    real = mask[:, :, :t * heads // kv_heads]  # the rows past them pad the queries to whole blocks
+    assert torch.isneginf(real[..., t:]).all() and not torch.isneginf(real[..., :t]).all()
+    keys = torch.cat([prefix[0].expand(b, -1, -1, -1), k], 1)
+    values = torch.cat([prefix[1].expand(b, -1, -1, -1), v], 1)
+    positions = torch.arange(p + t).expand(b, -1)
+    want = reference(q, keys, values, positions, positions[:, p:], 0)
+    monkeypatch.setattr(attention_module, "cpu_flash_key_columns", lambda n: n)
+    unpadded = cascade()
+    assert calls[-1][0] == t
+    assert max_abs_diff(got, unpadded) <= 2 ** -7  # an ulp of bf16 below 2: the rounding of one output
+    assert max_abs_diff(got, want) <= max_abs_diff(unpadded, want) + 2 ** -7
