@@ -531,7 +531,8 @@ class SdpaKernel:
         b, t, h, d = q.shape
         kv, n = prefix.keys.shape[2], own.keys.shape[1]
         g = h // kv
-        if b * t * g * n > MASK_BLOCK_ELEMENTS:
+        columns = cpu_flash_key_columns(n) if q.dtype in CPU_BRGEMM_DTYPES else n
+        if b * t * g * columns > MASK_BLOCK_ELEMENTS:
             return None
         qg = q.reshape(b, t, kv, g, d)  # query head = kv head * g + j
         out_p, lse_p = _lse_attention(qg.permute(2, 0, 1, 3, 4).reshape(1, kv, b * t * g, d),
@@ -539,7 +540,6 @@ class SdpaKernel:
         out_p = out_p.view(kv, b, t * g, d).transpose(0, 1)  # [B, kv, t*g, d]
         lse_p = lse_p.view(kv, b, t * g).transpose(0, 1)
         vis = _seg_visible(meta, own, 0)
-        columns = cpu_flash_key_columns(n) if q.dtype in CPU_BRGEMM_DTYPES else n
         mask = meta.cached(("float", own.start, n, 0, g, b, columns),
                            lambda: _float_mask(vis, q.dtype, g, columns=columns))
         k, v = own.keys.transpose(1, 2), own.values.transpose(1, 2)
