@@ -120,3 +120,14 @@ def test_vs_lm_eval_reports_the_runners_that_finished_when_one_fails(tmp_path):
     reread = (tmp_path / "report-humaneval.md").read_text()
     assert reread.splitlines()[:4] == table.splitlines()[:4]  # title, header, qwen-eval's row
     assert "failed: no earlier run to read" in reread  # lm-eval left no files
+
+
+def test_elementwise_times_each_piece_of_a_layer():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "elementwise.py"), "--rows", "16", "--reps", "1"],
+                          check=True, cwd=ROOT, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("16 rows, bfloat16, eager")
+    pieces = {line[:34].strip(): float(line[34:].split()[0]) for line in lines[1:]}
+    assert set(pieces) == {"RMSNorm (twice a layer)", "RoPE on queries and keys", "SiLU(gate) x up, in place",
+                           "residual add (twice a layer)", "one layer's element-wise work"}
+    assert pieces["one layer's element-wise work"] > pieces["RoPE on queries and keys"] > 0
