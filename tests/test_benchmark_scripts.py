@@ -131,3 +131,12 @@ def test_elementwise_times_each_piece_of_a_layer():
     assert set(pieces) == {"RMSNorm (twice a layer)", "RoPE on queries and keys", "SiLU(gate) x up, in place",
                            "residual add (twice a layer)", "one layer's element-wise work"}
     assert pieces["one layer's element-wise work"] > pieces["RoPE on queries and keys"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc (Linux)")
+def test_flash_key_cache_reports_growth_per_200_calls():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flash_key_cache.py"), "--keys", "padded",
+                           "--calls", "400"], check=True, cwd=ROOT, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == ["200 calls", "400 calls"]
+    assert all(line.startswith("padded keys (blocks of 32)") and "RSS +" in line for line in lines)
