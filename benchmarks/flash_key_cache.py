@@ -13,18 +13,18 @@ as they are, and padded with zero keys to whole blocks under -inf mask columns, 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import time
 
 import torch
 
-from qwen_eval.model.attention import cpu_flash_query_rows
+from qwen_eval.model.attention import cpu_flash_key_columns, cpu_flash_query_rows
+from qwen_eval.model.host_memory import release_free_memory
 
 KV_HEADS, HEAD_DIM, GROUP = 2, 64, 7  # Qwen2.5-0.5B: 14 query heads over 2 kv heads
 
 
 def rss_mib() -> float:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_memory()  # the heap's free pages back first: only what is held counts
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2 ** 20
 
@@ -43,7 +43,7 @@ def main() -> None:
     for i in range(args.calls):
         width = 1 + (i * 7919) % 2048  # own keys = the batch's width, every width in a scrambled order
         queries = cpu_flash_query_rows(min(width, 64) * GROUP)  # the engine pads the queries too
-        keys = -(-width // args.block) * args.block if args.keys == "padded" else width
+        keys = cpu_flash_key_columns(width, args.block) if args.keys == "padded" else width
         q = torch.randn(1, KV_HEADS, queries, HEAD_DIM, dtype=dtype)
         k = torch.randn(1, KV_HEADS, keys, HEAD_DIM, dtype=dtype)
         mask = torch.zeros(1, 1, queries, keys, dtype=dtype)

@@ -13,10 +13,10 @@ Prints TFLOP/s and the tokens/s the body's matmuls alone would allow. Run it alo
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from roofline import calls_per_second
 
 HIDDEN, QKV, MLP, LAYERS = 896, 1152, 4864, 24  # Qwen2.5-Coder-0.5B
 
@@ -40,13 +40,9 @@ def main() -> None:
                 F.linear(x, o)
                 F.linear(F.linear(x, gate_up)[:, :MLP].contiguous(), down)
 
-        forward()
-        count, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < args.seconds:
-            forward()
-            count += 1
-        print(f"{args.dtype} M={m}: {flop_per_token * m * count / elapsed / 1e12:.2f} TFLOP/s, "
-              f"{m * count / elapsed:.0f} tok/s (body matmuls only)", flush=True)
+        rate = calls_per_second(forward, args.seconds)
+        print(f"{args.dtype} M={m}: {flop_per_token * m * rate / 1e12:.2f} TFLOP/s, "
+              f"{m * rate:.0f} tok/s (body matmuls only)", flush=True)
 
 
 if __name__ == "__main__":

@@ -582,13 +582,13 @@ CPU_BRGEMM_DTYPES = (torch.bfloat16, torch.float16)
 CPU_FLASH_KEY_BLOCK = 32  # keys; the kernel splits keys into blocks of 512, the tail compiles per length
 
 
-def cpu_flash_key_columns(n: int) -> int:
-    """n keys rounded up to whole blocks of CPU_FLASH_KEY_BLOCK: a key tail (n mod 512) takes 16
+def cpu_flash_key_columns(n: int, block: int = CPU_FLASH_KEY_BLOCK) -> int:
+    """n keys rounded up to whole blocks of `block` keys: a key tail (n mod 512) takes 16
     lengths instead of 512. The cascade's own keys are as many as its batch is wide, and a full
     MMLU run meets most widths up to 2,048. Blocks of 32 rather than 64: a narrow batch's own
     part is not doubled, and 16 tails x 3 query blocks stayed within 10 MiB (benchmarks/README.md,
     "Eleventh session")."""
-    return -(-n // CPU_FLASH_KEY_BLOCK) * CPU_FLASH_KEY_BLOCK
+    return -(-n // block) * block
 
 
 def cpu_flash_query_rows(m: int) -> int:
