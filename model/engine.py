@@ -22,6 +22,7 @@ its own true positions and NTK alpha, and a prefix is only shared between rows w
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -32,7 +33,7 @@ from qwen_eval.model.attention import KVCache
 from qwen_eval.model.model import LongContextOptions, Qwen, QwenConfig, window_schedule
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
 from qwen_eval.requests import (DEFAULT_MAX_LENGTH, WINDOW_SCHEDULE, Choice, ChoiceResult, Generate, GenerateResult,
-                                LongContext, Rolling, RollingResult, cut_at_stop, request_key)
+                                LongContext, Rolling, RollingResult, cut_at_stop, request_key, new_token_budget)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384  # padded tokens per forward (model.max_batch_tokens)
 POOL_BELOW_ROWS = 8  # prefill batches with fewer rows decode together (Engine._decode_sets)
@@ -333,8 +334,9 @@ class Engine:
         rows = [(i, s) for i, r in enumerate(requests) for s in range(r.n)]
         prompts = self.tokenizer.encode_batch([r.context for r in requests])
         tokens = [prompts[i] for i, _ in rows]
-        row_requests = [requests[i] for i, _ in rows]
-        generators = [self._row_generator(requests[i], s) for i, s in rows]
+        generators = [self._row_generator(requests[i], s) for i, s in rows]  # seeded by the request as asked
+        budgets = [new_token_budget(r, len(p)) for r, p in zip(requests, prompts)]
+        row_requests = [replace(requests[i], max_new_tokens=budgets[i]) for i, _ in rows]
         texts: dict[tuple[int, int], str] = {}
         remaining = [r.n for r in requests]
 

@@ -61,6 +61,9 @@ class Generate:
     context: str
     stop: tuple[str, ...] = ()
     max_new_tokens: int = 512
+    # context + generated tokens at most this many (None: no such cap): vLLM's `max_model_len`,
+    # which Qwen2.5-Coder's evaluation sets below max_new_tokens (qwencoder-eval/instruct)
+    max_length: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
@@ -132,6 +135,8 @@ def request_key(request: Request) -> str:
     for chat_field in ("messages", "prefill"):  # rendered into the context before any request is keyed
         if not payload.get(chat_field, True):
             del payload[chat_field]
+    if request.kind == "generate" and payload.get("max_length") is None:
+        del payload["max_length"]  # the keys of requests without the cap stay what they were
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -143,6 +148,13 @@ def result_to_json(result: Response) -> str:
 def result_from_json(kind: str, text: str) -> Response:
     fields = json.loads(text)
     return RESULT_TYPES[kind](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def new_token_budget(request: Generate, context_tokens: int) -> int:
+    """The tokens `request` may generate after a context of `context_tokens` tokens."""
+    if request.max_length is None:
+        return request.max_new_tokens
+    return max(0, min(request.max_new_tokens, request.max_length - context_tokens))
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -124,6 +124,9 @@ class Task(ABC):
     model_card_column: ClassVar[str | None] = None
     version: ClassVar[str] = "1"
     max_shots: ClassVar[int | None] = None
+    # leaderboard columns this task fills besides model_card_column (which shows `headline`):
+    # column name -> metric name (MBPP+ also fills "MBPP" with its base tests' pass@1)
+    extra_columns: ClassVar[Mapping[str, str]] = {}
     # chat.fewshot_as_multiturn: the shots asked as chat turns (make_task sets it; see requests_for)
     fewshot_as_multiturn: bool = False
     chat_system: str | None = None  # chat.system, which shares the system turn with a description
@@ -224,6 +227,12 @@ class Task(ABC):
                 "protocol": self.protocol, "options": self.options}
 
     # -- hooks the harness calls; override what the task needs -------------------------------------
+
+    @property
+    def prompt_protocol(self) -> str:
+        """The prompt protocol the task asks in (its `prompt` option: "base", "instruct",
+        "qwen_chat"); leaderboards never put two protocols in one row or column."""
+        return str(self.options.get("prompt", "base"))
 
     @property
     def uses_chat(self) -> bool:

@@ -21,7 +21,7 @@ from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
 from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling,
-                                RollingResult, cut_at_stop, request_key)
+                                RollingResult, cut_at_stop, new_token_budget, request_key)
 
 
 class HFBackend(Backend):
@@ -140,14 +140,14 @@ class HFBackend(Backend):
         out = []
         for r in requests:
             ids = torch.tensor([self._encode(r.context)], device=self.device)
-            texts = []
-            for sample in range(r.n):
+            texts = [] if (budget := new_token_budget(r, ids.shape[1])) > 0 else [""] * r.n
+            for sample in range(r.n if budget > 0 else 0):
                 kwargs: dict[str, Any] = {"do_sample": False}
                 if r.temperature > 0:
                     seed = int.from_bytes(hashlib.sha256(f"{request_key(r)}:{sample}:{self.seed}".encode()).digest()[:4], "little")
                     torch.manual_seed(seed)
                     kwargs = {"do_sample": True, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k}
-                gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=r.max_new_tokens,
+                gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
                                           pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList(
                                               [StopStrings(r.stop, ids.shape[1])]), **kwargs)
                 new = gen[0, ids.shape[1]:].tolist()

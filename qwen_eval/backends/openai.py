@@ -207,6 +207,10 @@ class OpenAIBackend(Backend):
         return self._map(self._generate_one, requests)
 
     def _generate_one(self, r: Generate) -> GenerateResult:
+        if r.max_length is not None:
+            raise UserError(f"model=openai cannot cap context + generated tokens at {r.max_length} (the request's "
+                            f"max_length): it does not count the server's tokens; serve the model with that context "
+                            f"length (vLLM: --max-model-len {r.max_length}) and set task.max_length=null")
         payload: dict[str, Any] = {"prompt": r.context, "max_tokens": r.max_new_tokens, "temperature": r.temperature,
                                    "top_p": r.top_p, "n": r.n, "seed": r.seed}
         if r.stop:
