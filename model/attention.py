@@ -586,8 +586,8 @@ def cpu_flash_key_columns(n: int, block: int = CPU_FLASH_KEY_BLOCK) -> int:
     """n keys rounded up to whole blocks of `block` keys: a key tail (n mod 512) takes 16
     lengths instead of 512. The cascade's own keys are as many as its batch is wide, and a full
     MMLU run meets most widths up to 2,048. Blocks of 32 rather than 64: a narrow batch's own
-    part is not doubled, and 16 tails x 3 query blocks stayed within 10 MiB (benchmarks/README.md,
-    "Eleventh session")."""
+    part is not doubled, and 16 tails x 3 query blocks stay within 10 MiB (docs/model.md, "CPU
+    kernels: bounded caches, padding and row blocks")."""
     return -(-n // block) * block
 
 
@@ -630,8 +630,9 @@ def _lse_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tupl
     shape into a cache torch never trims; a scoring run meets a new query count at nearly every
     batch, so a full bf16 MMLU run grew by hundreds of MB. With whole query blocks the shapes
     come from the key lengths only: the prefixes' (a few per task) and the own keys', which
-    cpu_cascade pads to whole blocks of 32 (benchmarks/README.md, "Tenth session" and "Eleventh
-    session"). fp32 runs through plain gemm calls, no cache, and is left exact as it was."""
+    cpu_cascade pads to whole blocks of 32 (figures in docs/model.md, "CPU kernels: bounded
+    caches, padding and row blocks"). fp32 runs through plain gemm calls, no cache, and is left
+    exact as it was."""
     op = getattr(torch.ops.aten, SDPA_LSE_OPS[q.device.type])
     if q.device.type == "cpu":
         m = q.shape[2]

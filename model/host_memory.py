@@ -1,8 +1,9 @@
 """A long CPU run's resident memory held down: bounded matmul caches and freed heap handed back.
 
-Measured on the real 0.5B model in bf16 (MMLU 5-shot, 285 questions, benchmarks/README.md "Ninth
-session"): without these, RSS climbs from 1.70 GB after loading to 2.56 GB at the end, and a
-full MMLU run reached 4.47 GB. Two things grow:
+Measured on the real 0.5B model in bf16 (MMLU 5-shot, 285 questions; the figures are in
+docs/model.md, "CPU kernels: bounded caches, padding and row blocks"): without these, RSS climbs
+from 1.70 GB after loading to 2.56 GB at the end, and a full MMLU run reached 4.47 GB. Two
+things grow:
 
 - bf16 matmuls go through oneDNN, and torch keeps two caches of compiled matmuls keyed by shape,
   1,024 entries each by default: oneDNN's primitive cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY) and

@@ -169,7 +169,8 @@ class RMSNorm(nn.Module):
 
 BLOCK_ROWS = 2048  # rows per block of Block.forward's row-wise work (the attention's norm, the MLP):
                   # 8 x 2,048 tokens of the 0.5B model in fp32 peak 416 MiB lower with a blocked MLP
-                  # than whole, in 56.0 s against 61.9 (benchmarks/README.md)
+                  # than whole, in 56.0 s against 61.9 (docs/model.md, "CPU kernels: bounded
+                  # caches, padding and row blocks")
 
 
 class MLP(nn.Module):
