@@ -1,9 +1,10 @@
 """The element-wise work of one layer of the real model's shape, eager against torch.compile.
 
-The ninth session's profile put element-wise work (RMSNorm, RoPE, SiLU x up, residual adds) near
-17% of a bf16 forward. This times each piece alone at the engine's row counts, as the model runs
-it (model/model.py), and, with --compile, the norm and RoPE compiled by inductor (dynamic shapes):
-how much fusing could save, what compiling costs, and whether the numbers stay bitwise.
+The engine's bf16 profile (profile_engine.py) puts element-wise work (RMSNorm, RoPE, SiLU x up,
+residual adds) near 17% of a bf16 forward. This times each piece alone at the engine's row
+counts, as the model runs it (model/model.py), and, with --compile, the norm and RoPE compiled by
+inductor (dynamic shapes): how much fusing could save, what compiling costs, and whether the
+numbers stay bitwise.
 
     python benchmarks/elementwise.py --rows 1024 --dtype bfloat16 [--compile]
 

@@ -33,10 +33,10 @@ run mmlu-qwen-chat float32 task=mmlu task.prompt=qwen_chat data.path=$DATA/mmlu 
 run gsm8k-qwen-chat float32 task=gsm8k task.prompt=qwen_chat data.path=$DATA/gsm8k limit=16
 run ceval float32 task=ceval data.path=$DATA/ceval limit=2
 run cmmlu float32 task=cmmlu data.path=$DATA/cmmlu limit=2
-# third session (2026-12-01, bf16, batch 64 for the generation tasks): bbh, ceval-qwen-chat and
+# run later on 2026-12-01 (bf16, batch 64 for the generation tasks): bbh, ceval-qwen-chat and
 # humaneval-qwen-chat on 3068456 (small prefill batches decode together; bbh took 1,416 s, where
-# the second session stopped it after 86 min), math, mbpp and humaneval on d0a6e8b (the decode
-# batch also refills); mbpp resumed from the 192 answers the cache kept
+# a run on the engine before it was stopped after 86 min), math, mbpp and humaneval on d0a6e8b
+# (the decode batch also refills); mbpp resumed from the 192 answers the cache kept
 run bbh bfloat16 task=bbh data.path=$DATA/bbh limit=2 batch_size=64 model.max_batch_tokens=65536
 run ceval-qwen-chat bfloat16 task=ceval task.prompt=qwen_chat data.path=$DATA/ceval limit=1 batch_size=64
 run humaneval-qwen-chat bfloat16 task=humaneval task.prompt=qwen_chat limit=16 batch_size=64
@@ -44,7 +44,7 @@ run math bfloat16 task=math data.path=$DATA/math limit=32 batch_size=64
 run mbpp bfloat16 task=mbpp data.path=$DATA/mbpp batch_size=64
 run humaneval bfloat16 task=humaneval batch_size=64
 
-# fourth and fifth sessions (2026-12-01): the two full runs the issue asks for, bf16, alone.
+# the two full runs the issue asks for (2026-12-01), bf16, alone.
 # MMLU is 2.1M tokens to compute: 6,530 s of run time in three segments on 4f28e63, resuming from
 # cache_dir=/tmp/fullcache (acc 30.1); GSM8K's 1,319 problems took 2,148 s on 7c44907, 32 of its
 # answers from the limit=32 run's cache (acc 20.8). Both resume from the answer cache.

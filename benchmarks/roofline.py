@@ -15,7 +15,8 @@ the hot-cache peak the issue's 85% target was set against.
 
     python benchmarks/roofline.py [--tokens 512] [--context 600] [--threads N]
 
-Run it alone on the machine, in the same session as the engine benchmark it is compared with.
+Run it alone on the machine, in the same sitting as the engine benchmark it is compared with
+(the same code moves by about 10% between sittings).
 """
 
 from __future__ import annotations

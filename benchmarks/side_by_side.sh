@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The real model's speed table, every runner on this machine in one run, one after another
-# (benchmarks/README.md, "Ninth session"): MMLU 5-shot at 5 questions a subject against lm-eval,
-# the batch-1 loop and llama.cpp; the matmul roofline; GSM8K 8-shot, 32 problems; HumanEval, 164.
+# (benchmarks/README.md, "The headline comparison"): MMLU 5-shot at 5 questions a subject against
+# lm-eval, the batch-1 loop and llama.cpp; the matmul roofline; GSM8K 8-shot, 32 problems;
+# HumanEval, 164.
 # About 70 minutes on the 2-core Xeon; run it alone (any other busy process skews the timings).
 #
 #   bash benchmarks/side_by_side.sh [WORKDIR] [PARTS]  # default /tmp/side-by-side, all parts
 #
 # PARTS: "all", or "mmlu" for the MMLU runners, the roofline and the fp32/bf16 flips only (about
-# 40 minutes: the tenth session's run, after changes that left generation bitwise the same).
+# 40 minutes), for changes that leave generation's numbers bitwise the same.
 #
 # Needs the project's venv active (README), and two more venvs it builds once if absent:
 #   /work/lmeval-venv    torch==2.13.0 and lm_eval[hf]==0.4.13        (about 2 minutes)
