@@ -16,16 +16,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from qwen_eval import chat, distributed, options, output, registry
+from qwen_eval import chat, distributed, options, output, provenance, registry
 from qwen_eval.backends import Backend
 from qwen_eval.cache import AnswerCache
 from qwen_eval.errors import UserError
 from qwen_eval.runner import EvalResult, evaluate
-from qwen_eval.task import DataSpec, Task
+from qwen_eval.requests import Request
+from qwen_eval.run_files import protocol_of
+from qwen_eval.task import DataSpec, Sample, Task
 
 DATA_SOURCES = options.DATA_SOURCES
 PROTOCOLS = options.PROTOCOLS
@@ -38,7 +40,8 @@ class Loaded:
     spec: DataSpec
     docs: list
     started: float
-    commit: str | None  # the checkout's commit when the run started (a long run can span commits)
+    code: dict[str, Any]  # provenance.code_identity() when the run started (a long run can span commits)
+    data: dict[str, Any]  # results.json `data`: source, path, fingerprint, files read, selection
 
 
 def make_task(task_cfg: Mapping[str, Any], cfg: DictConfig, shots: Any = None) -> Task:
@@ -110,12 +113,20 @@ def default_output_dir(cfg: DictConfig, task: Task, model_name: str) -> Path:
     return out
 
 
-def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataSpec, docs, cfg: DictConfig,
-                   prompts_fingerprint: str, started: float, commit: str | None) -> dict[str, Any]:
+def table_columns(task: Task) -> dict[str, str]:
+    """Leaderboard column -> the metric shown there: the model card's column (or the task's name)
+    with the headline, then the task's extra columns (MBPP+ also fills "MBPP")."""
+    return {task.model_card_column or task.name: task.headline, **dict(task.extra_columns)}
+
+
+def results_record(task: Task, backend: Backend, result: EvalResult, loaded: Loaded, cfg: DictConfig,
+                   prompts_fingerprint: str) -> dict[str, Any]:
     metrics = result.metrics
     headline = task.headline
-    if headline not in metrics:
-        raise RuntimeError(f"task {task.name} reported no {headline!r} metric (has: {', '.join(metrics)})")
+    missing = [m for m in (headline, *task.extra_columns.values()) if m not in metrics]
+    if missing:
+        raise RuntimeError(f"task {task.name} reported no {missing[0]!r} metric (has: {', '.join(metrics)})")
+    wall = time.time() - loaded.started
     record = {
         "task": task.name,
         "task_version": task.version,
@@ -125,36 +136,67 @@ def results_record(task: Task, backend: Backend, result: EvalResult, spec: DataS
         "metrics": metrics,
         "headline": {"metric": headline, "value": metrics[headline], "stderr": metrics.get(f"{headline}_stderr")},
         "model_card_column": task.model_card_column,
+        "table_columns": table_columns(task),
         "n_samples": len(result.samples),
         "requests": {"total": result.requests_total, "cached": result.requests_cached},
-        "data": {"source": spec.resolved_source(), "path": spec.path, "fingerprint": output.fingerprint(docs)},
+        "data": loaded.data,
         "prompt_fingerprint": prompts_fingerprint,
         "task_config": task.describe(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": output.package_versions(),
-        "git_commit": commit,
-        "timing": {"wall_seconds": time.time() - started, **{k: v for k, v in result.timing.items()
-                                                              if k not in ("requests_total", "requests_cached")}},
+        "code": loaded.code,
+        "git_commit": loaded.code["commit"],
+        "machine": provenance.machine_identity(),
+        "timing": {"wall_seconds": wall, **{k: v for k, v in result.timing.items()
+                                            if k not in ("requests_total", "requests_cached")},
+                   "peak_rss_bytes": provenance.peak_rss_bytes()},
         "world_size": distributed.world_size(),
         "created": output.now_iso(),
     }
+    record["prompt_protocol"] = protocol_of(record)
     info = task.run_info()
     if info is not None:
         record["extra"] = info
     return record
 
 
+def record_model_input(sample: Sample, asked: Sequence[Request], seen: Sequence[Request], backend: Backend) -> None:
+    """Make a sample's `prompt` the exact text the model received for the document's first
+    request (chat template, system turn and pre-filled reply included), keep the turns the task
+    asked in under `chat`, and list the other requests' texts where they differ (`model_inputs`)."""
+    texts = [r.context for r in seen if r.kind != "rolling"]
+    if not texts:
+        return  # perplexity: the document's text is the input, windowed by the backend
+    sample.prompt = texts[0]
+    if len(set(texts)) > 1:
+        sample.extra["model_inputs"] = texts
+    first = next(r for r in asked if r.kind != "rolling")
+    if first.messages:
+        template = getattr(backend, "template", None)
+        sample.extra["chat"] = {"messages": [list(turn) for turn in first.messages],
+                                "system": backend.options.system, "prefill": getattr(first, "prefill", ""),
+                                "template": template.origin if template else None}
+
+
 def load_documents(cfg: DictConfig, task: Task) -> Loaded:
-    """The task's documents as `data` and `limit` say (a UserError when there are none)."""
-    started, commit = time.time(), output.git_commit()
+    """The task's documents as `data` and `limit` say (a UserError when there are none), with the
+    files they were read from and, for a `limit` run, which documents of how many were kept."""
+    started, code = time.time(), provenance.code_identity()
     spec = data_spec(cfg)
     limit = cfg.limit
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit={limit!r} must be a whole number >= 1 (or null for everything)")
-    docs = task.load(spec, limit)
+    with provenance.files_read() as opened:
+        docs = list(task.load(spec, limit))
+        every = docs if limit is None else list(task.load(spec, None))
     if not docs:
-        raise UserError(f"task {task.name}: no documents loaded from {spec.path or spec.resolved_source()}")
-    return Loaded(spec, list(docs), started, commit)
+        raise UserError(f"task {task.name}: no documents loaded from {spec.path or task.source_of(spec)}")
+    data = {"source": task.source_of(spec), "path": spec.path, "fingerprint": output.fingerprint(docs),
+            "files": provenance.data_files(opened), "n_documents": len(every)}
+    if len(docs) < len(every):
+        data["selection"] = {"limit": limit, "rule": task.limit_rule, "seed": task.seed,
+                             "doc_ids": [d.doc_id for d in docs]}
+    return Loaded(spec, docs, started, code, data)
 
 
 def cache_note(result: EvalResult, cache: AnswerCache | None) -> str:
@@ -172,16 +214,18 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
              output_dir: Path | None = None, loaded: Loaded | None = None) -> dict[str, Any] | None:
     """Evaluate one task and write its run folder; the results record (None on ranks > 0)."""
     loaded = loaded or load_documents(cfg, task)
-    spec, docs, started = loaded.spec, loaded.docs, loaded.started
+    docs = loaded.docs
     backend = chat.wrap(backend, chat.ChatOptions.from_config(cfg.get("chat")), task)
     result = evaluate(task, docs, backend, cache=cache, batch_size=int(cfg.batch_size), progress=bool(cfg.progress))
     if not distributed.is_main():
         return None
-    requests = [r for d in docs for r in task.requests_for(d)]
-    if isinstance(backend, chat.ChatBackend):  # the prompts as the model saw them
-        requests = chat.render_requests(requests, backend.template, backend.options)
-    prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text for r in requests)
-    record = results_record(task, backend, result, spec, docs, cfg, prompts, started, loaded.commit)
+    asked = [task.requests_for(d) for d in docs]
+    seen = [chat.render_requests(reqs, backend.template, backend.options) if isinstance(backend, chat.ChatBackend)
+            else reqs for reqs in asked]  # the requests as the model saw them
+    for sample, doc_asked, doc_seen in zip(result.samples, asked, seen):
+        record_model_input(sample, doc_asked, doc_seen, backend)
+    prompts = output.fingerprint(r.context if r.kind != "rolling" else r.text for reqs in seen for r in reqs)
+    record = results_record(task, backend, result, loaded, cfg, prompts)
     out = Path(output_dir or cfg.output_dir or default_output_dir(cfg, task, backend.name)).absolute()
     out.mkdir(parents=True, exist_ok=True)
     output.write_samples(out / "samples.jsonl", result.samples)

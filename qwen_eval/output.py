@@ -1,10 +1,13 @@
 """The output contract: results.json, samples.jsonl and table.md in the run folder.
 
 results.json keys (stable; scripts and CI read them): task, task_version, shots, protocol,
-model {name, backend, path, dtype, fingerprint, ...}, metrics {name: value, name_stderr: se},
-headline {metric, value, stderr}, model_card_column, n_samples, requests {total, cached},
-data {source, path, fingerprint}, prompt_fingerprint, config, versions, git_commit, timing
-{wall_seconds, tokens_per_second, ...}, created, plus task-specific `extra`.
+prompt_protocol, model {name, backend, path, dtype, fingerprint, checkpoint {name, format,
+quantization, files, sha256}, ...}, metrics {name: value, name_stderr: se}, headline {metric,
+value, stderr}, model_card_column, table_columns, n_samples, requests {total, cached}, data
+{source, path, fingerprint, files, n_documents, selection}, prompt_fingerprint, config, versions,
+code {version, commit, dirty, source}, git_commit, machine, timing {wall_seconds,
+tokens_per_second, peak_rss_bytes, ...}, created, plus task-specific `extra`
+(docs/architecture.md lists them with their meaning).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import hashlib
 import json
 import math
 import platform
-import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -34,21 +36,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def git_commit() -> str | None:
-    """The commit of the qwen-eval checkout this code runs from (None outside a git checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _plain(obj: Any) -> Any:
@@ -98,16 +85,18 @@ def write_samples(path: Path, samples: Sequence[Sample]) -> None:
 
 
 def run_table_markdown(results: Mapping[str, Any]) -> str:
-    """This run beside the model card's reported numbers for the same benchmark: the columns the
-    run fills, and the reference rows that report them."""
-    from qwen_eval import tables
+    """This run beside the published numbers of the same model and protocol (the model card's,
+    when the run is of a model it reports): the columns the run fills, and the rows that report them."""
+    from qwen_eval import table_formats, tables
 
     parts = [f"# {results['task']} ({results['shots']}-shot) — {results['model']['name']}\n"]
     for table in tables.build_tables([dict(results)], stderr=True).values():
         measured = [row for row, kind in table.attrs.get("row_kinds", {}).items() if kind == "measured"]
         columns = [c for c in table.columns if table.loc[measured, c].notna().any()] if measured else list(table.columns)
         rows = [r for r in table.index if table.loc[r, columns].notna().any()]
-        parts.append(tables.to_markdown(table.loc[rows, columns]))
+        part = table.loc[rows, columns]
+        part.attrs = table.attrs
+        parts.append(table_formats.to_markdown(part))
     return "\n\n".join(parts) + "\n"
 
 

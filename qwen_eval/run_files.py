@@ -127,6 +127,36 @@ def headline(results: Mapping[str, Any]) -> tuple[str, float, float | None]:
     return metric, float(value), _number_or_none(stderr)
 
 
+def protocol_of(results: Mapping[str, Any]) -> str:
+    """The prompt protocol a run asked in: the task's prompt style ("base", "instruct",
+    "qwen_chat"), "chat" for a base prompt sent as a chat turn (`chat.enabled`, "-multiturn" with
+    the shots as turns), "+system" / "+template" for a system prompt or template of the user's,
+    "/clean" for protocol=clean. Derived from the recorded config, so older runs get it too."""
+    options = (results.get("task_config") or {}).get("options") or {}
+    chat = (results.get("config") or {}).get("chat") or {}
+    label = str(options.get("prompt") or "base")
+    if chat.get("enabled") and label == "base":
+        label = "chat-multiturn" if chat.get("fewshot_as_multiturn") else "chat"
+    if chat.get("system") is not None:
+        label += "+system"
+    if chat.get("template"):
+        label += "+template"
+    if results.get("protocol") == "clean":
+        label += "/clean"
+    return label
+
+
+def checkpoint_of(results: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's model was, as recorded (`model.checkpoint`); for a run written before that
+    record existed, the name of the file or folder it read, else the backend's name."""
+    model = results.get("model") or {}
+    if isinstance(model.get("checkpoint"), dict) and model["checkpoint"].get("name"):
+        return model["checkpoint"]
+    path = model.get("path")
+    name = Path(str(path)).stem if path else str(model.get("name") or "?")
+    return {"name": name.removesuffix(" (chat)"), "quantization": None, "format": None}
+
+
 def created(results: Mapping[str, Any]) -> datetime:
     """When the run was written; runs without a timestamp sort first."""
     text = results.get("created")

@@ -6,15 +6,18 @@ prompt), `score` (answer extraction), `aggregate` (the metric). Tasks never see 
 
 from __future__ import annotations
 
+import hashlib
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, TypeVar
 
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Request, Response
 
 R = TypeVar("R")
+D = TypeVar("D")
 
 
 class Doc(Protocol):
@@ -36,10 +39,6 @@ class DataSpec:
     path: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def resolved_source(self) -> str:
-        if self.source == "auto":
-            return "local" if self.path else "hub"
-        return self.source
 
 
 @dataclass
@@ -97,6 +96,29 @@ class FewShot:
         return tuple(turns + [("user", self.question)])
 
 
+def stratified_subset(docs: Sequence[D], stratum: Callable[[D], Any], limit: int, seed: int) -> list[D]:
+    """`limit` of `docs` drawn across the strata `stratum(doc)` names, each stratum's share in
+    proportion to its size (largest remainders get the leftover places, ties to the larger
+    stratum, then the first seen), each stratum's picks a seeded random sample; returned in the
+    documents' order. The same docs, limit and seed give the same subset on every machine."""
+    if limit >= len(docs):
+        return list(docs)
+    groups: dict[Any, list[int]] = {}
+    for i, doc in enumerate(docs):
+        groups.setdefault(stratum(doc), []).append(i)
+    keys = list(groups)
+    quotas = {k: limit * len(groups[k]) / len(docs) for k in keys}
+    counts = {k: int(quotas[k]) for k in keys}
+    order = sorted(range(len(keys)), key=lambda j: (-(quotas[keys[j]] - counts[keys[j]]), -len(groups[keys[j]]), j))
+    for j in order[:limit - sum(counts.values())]:
+        counts[keys[j]] += 1
+    chosen: list[int] = []
+    for k in keys:
+        digest = hashlib.sha256(f"{seed}:{k!r}".encode()).digest()
+        chosen += random.Random(int.from_bytes(digest[:8], "little")).sample(groups[k], counts[k])
+    return [docs[i] for i in sorted(chosen)]
+
+
 def _joined(first: str | None, second: str | None, delimiter: str) -> str:
     if not first or not second:
         return first or second or ""
@@ -148,16 +170,23 @@ class Task(ABC):
     def load(self, data: DataSpec, limit: int | None = None) -> list[Doc]:
         """The documents to evaluate, in a stable order; `limit` as the `limit` config key says."""
 
+    # How `limit=N` picks documents (results.json records it with the ids of those scored).
+    limit_rule: ClassVar[str] = "the first N documents"
+
     # -- data sources: one dispatch; a task implements the readers it has -------------------------
 
     auto_source: ClassVar[str] = "hub"  # what data.source=auto reads when data.path is not set
 
+    def source_of(self, data: DataSpec) -> str:
+        """The source `data` reads for this task: `data.source`, with auto resolved (local when
+        data.path is set, else `auto_source`). The one place "auto" is decided."""
+        if data.source == "auto":
+            return "local" if data.path else self.auto_source
+        return data.source
+
     def read_source(self, data: DataSpec) -> Any:
-        """What `read_local(path)`, `read_hub()` or `read_sample()` returns, as `data.source` says
-        (auto: local when data.path is set, else `auto_source`)."""
-        source = data.source
-        if source == "auto":
-            source = "local" if data.path else self.auto_source
+        """What `read_local(path)`, `read_hub()` or `read_sample()` returns, as `source_of(data)` says."""
+        source = self.source_of(data)
         if source == "local":
             return self.read_local(data.path)
         if source == "hub":

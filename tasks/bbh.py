@@ -156,6 +156,7 @@ class BBH(Task):
     headline = "acc"
     model_card_column = "BBH"
     version = "1"
+    limit_rule = "the first N examples of each of the 27 tasks"
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:

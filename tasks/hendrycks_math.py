@@ -41,7 +41,7 @@ from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file
 from qwen_eval.errors import UserError
 from qwen_eval.metrics import add_metric, group_by, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
-from qwen_eval.task import DataSpec, FewShot, Sample, Task
+from qwen_eval.task import DataSpec, FewShot, Sample, Task, stratified_subset
 from qwen_eval.tasks.math_grading import EquivalenceChecker, extract_answer, gold_answer, normalize_final_answer
 
 # The `type` field -> the upstream folder name (also the hub config name).
@@ -111,6 +111,7 @@ class MATH(Task):
     headline = "exact_match"
     model_card_column = "MATH"
     version = "1"
+    limit_rule = "N problems drawn across subject x level in proportion to their sizes, a seeded sample of each"
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
@@ -132,7 +133,7 @@ class MATH(Task):
         docs = self.read_source(data)
         if self.options["subset"] == "math500":
             docs = self._math500(docs)
-        return docs[:limit] if limit else docs
+        return stratified_subset(docs, lambda d: (d.subject, d.level), limit, self.seed) if limit else docs
 
     def read_sample(self) -> list[MathDoc]:
         return self._jsonl_docs(sample_dir(self.name) / "test.jsonl")

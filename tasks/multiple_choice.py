@@ -206,6 +206,7 @@ class MultipleChoiceTask(Task):
 
     default_shots = 5
     max_shots = 5
+    limit_rule = "the first N questions of each subject"
 
     subjects: ClassVar[Mapping[str, Any]]  # subject -> its category facts, in the benchmark's order
     layout: ClassVar[CsvLayout]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_prompt_is_the_minerva_four_shot(shared_data, task):
-    doc = task.load(DataSpec("local", str(shared_data / "math")), limit=1)[0]
+    doc = task.load(DataSpec("local", str(shared_data / "math")))[0]
     prompt = task.prompt(doc)
     assert prompt == (FIXTURES / "math_prompt_0.txt").read_text(encoding="utf-8")
     assert prompt.startswith("Problem:\nFind the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}\n\nSolution:\n")
@@ -83,7 +84,7 @@ def test_json_tree_layout_gives_subject_and_stem_ids(tmp_path, shared_data, task
 
 
 def test_jsonl_layout_gives_line_ids(shared_data, task):
-    docs = task.load(DataSpec("local", str(shared_data / "math" / "test.jsonl")), limit=3)
+    docs = task.load(DataSpec("local", str(shared_data / "math" / "test.jsonl")))[:3]
     assert [d.doc_id for d in docs] == ["0", "1", "2"]
     assert docs[0].level == 3 and docs[0].subject == "algebra" and docs[0].answer == last_boxed(docs[0].solution)
 
@@ -105,7 +106,7 @@ def test_hub_configs_are_the_subjects(monkeypatch, shared_data, task):
         return [r for r in rows if SUBJECTS[r["type"]] == config][:2]
 
     monkeypatch.setattr(hendrycks_math, "load_hub_dataset", fake_hub)
-    docs = task.load(DataSpec("hub"), limit=5)
+    docs = task.load(DataSpec("hub"))[:5]
     assert calls == [("EleutherAI/hendrycks_math", s, "test") for s in SUBJECTS.values()]
     assert [d.doc_id for d in docs] == ["algebra/0", "algebra/1", "counting_and_probability/0",
                                         "counting_and_probability/1", "geometry/0"]
@@ -227,7 +228,7 @@ def test_math500_from_the_json_tree_selects_by_file_id(tmp_path, shared_data):
     write_tree(tmp_path, [(d.subject, d.unique_id.split("/")[2][:-5], rows[int(d.doc_id)]) for d in from_jsonl]
                + [("algebra", "999999", rows[0])])
     task = MATH({"subset": "math500"})
-    docs = task.load(DataSpec("local", str(tmp_path)), limit=5)
+    docs = task.load(DataSpec("local", str(tmp_path)))[:5]
     task.checker.close()
     assert [d.unique_id for d in docs] == [d.unique_id for d in from_jsonl[:5]]
     assert [d.doc_id for d in docs] == ["precalculus/807", "intermediate_algebra/1994", "algebra/2584",
@@ -250,5 +251,30 @@ def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr
     results = read_results(out)
     assert results["headline"]["metric"] == "exact_match" and results["n_samples"] == 2
-    assert {"equiv", "algebra/exact_match", "level_3/equiv"} <= set(results["metrics"])
-    assert [s["doc_id"] for s in read_samples(out)] == ["0", "1"]
+    assert "equiv" in results["metrics"]
+    assert any(re.fullmatch(r"level_\d/equiv", k) for k in results["metrics"])
+    assert any(k.endswith("/exact_match") and not k.startswith("level_") for k in results["metrics"])
+    selection = results["data"]["selection"]
+    assert results["data"]["n_documents"] == 5000 and selection["limit"] == 2
+    assert [s["doc_id"] for s in read_samples(out)] == selection["doc_ids"]
+
+
+def test_limit_draws_a_seeded_subset_across_subjects_and_levels(shared_data):
+    """`limit=32` on MATH is not the first 32 problems (all algebra): 32 drawn across subject x
+    level in proportion to their sizes, the same for the same seed."""
+    def load(seed: int = 1234, limit: int | None = 32) -> list[MathDoc]:
+        task = MATH(seed=seed)
+        try:
+            return task.load(DataSpec("local", str(shared_data / "math")), limit=limit)
+        finally:
+            task.checker.close()
+
+    every, picked = load(limit=None), load()
+    assert len(picked) == 32 and len({d.subject for d in picked}) == 7
+    assert {d.level for d in picked} >= {1, 2, 3, 4, 5}
+    algebra = sum(d.subject == "algebra" for d in picked)
+    assert algebra in (7, 8)  # 1187 of 5000 problems: 7.6 of 32
+    order = {d.doc_id: i for i, d in enumerate(every)}
+    assert [order[d.doc_id] for d in picked] == sorted(order[d.doc_id] for d in picked)  # in the data's order
+    assert [d.doc_id for d in load()] == [d.doc_id for d in picked]
+    assert [d.doc_id for d in load(seed=7)] != [d.doc_id for d in picked]

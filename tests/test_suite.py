@@ -148,17 +148,18 @@ def test_results_name_the_commit_the_run_started_on(tmp_path: Path, monkeypatch)
 
     from omegaconf import OmegaConf
 
-    from qwen_eval import evaluation, output
+    from qwen_eval import evaluation, provenance
     from qwen_eval.backends import build
 
     commits = iter(["commit-at-start", "commit-at-end"])
-    monkeypatch.setattr(output, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(provenance, "code_identity",
+                        lambda: {"version": "0", "commit": next(commits), "dirty": False, "source": "git checkout"})
     cfg = _composed("task=gsm8k", "model=tiny", "data.source=sample", "limit=1", "progress=false",
                     f"output_dir={tmp_path / 'run'}", "cache_dir=null")
     task = evaluation.make_task(cfg.task, cfg)
     loaded = evaluation.load_documents(cfg, task)
     backend = build(OmegaConf.to_container(cfg.model, resolve=True), seed=int(cfg.seed))
-    output.git_commit()  # someone commits while the model answers
+    provenance.code_identity()  # someone commits while the model answers
     evaluation.run_task(cfg, task, backend, None, loaded=loaded)
     record = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert record["git_commit"] == "commit-at-start"
+    assert record["git_commit"] == record["code"]["commit"] == "commit-at-start"

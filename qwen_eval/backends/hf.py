@@ -17,6 +17,7 @@ import torch
 
 from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
+from qwen_eval.provenance import folder_identity
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
@@ -39,6 +40,7 @@ class HFBackend(Backend):
         self.batch_rows = batch_rows
         self.device = next(model.parameters()).device
         self.tokens_processed = 0
+        self.checkpoint: dict[str, Any] = {}  # provenance.folder_identity of `path`
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     @classmethod
@@ -62,14 +64,16 @@ class HFBackend(Backend):
             raise UserError(f"model=hf: cannot load a checkpoint from {path} ({first})") from None
         max_length = int(cfg.get("max_length") or DEFAULT_MAX_LENGTH)
         digest = hashlib.sha256(f"{weights_fingerprint(Path(path))}:{dtype}:{max_length}:{seed}".encode())
-        return cls(model, tokenizer, name=str(cfg.get("name") or "hf"), path=path,
-                   max_length=max_length, fingerprint="hf-" + digest.hexdigest()[:16],
-                   dtype=dtype, seed=seed, batch_rows=int(cfg.get("batch_rows") or 16))
+        backend = cls(model, tokenizer, name=str(cfg.get("name") or "hf"), path=path,
+                      max_length=max_length, fingerprint="hf-" + digest.hexdigest()[:16],
+                      dtype=dtype, seed=seed, batch_rows=int(cfg.get("batch_rows") or 16))
+        backend.checkpoint = folder_identity(Path(path), model.config.to_dict(), "hf")
+        return backend
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": "hf", "path": self.path, "dtype": str(self.dtype).removeprefix("torch."),
                 "device": str(self.device), "fingerprint": self.fingerprint,
-                "class": type(self.model).__name__}
+                "class": type(self.model).__name__, "checkpoint": self.checkpoint}
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

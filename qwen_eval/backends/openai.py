@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
+from qwen_eval.provenance import base_model_name
 from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling,
                                 RollingResult, cut_at_stop)
 
@@ -123,8 +124,11 @@ class OpenAIBackend(Backend):
         return backend
 
     def describe(self) -> dict[str, Any]:
+        # the server's own name for the model is all a client can know of the weights behind it
+        checkpoint = {"name": base_model_name(str(self.model or self.name)), "source_name": self.model,
+                      "format": f"served at {self.base_url}", "quantization": None, "files": [], "sha256": None}
         return {"name": self.name, "backend": "openai", "path": self.base_url, "model": self.model, "dtype": None,
-                "fingerprint": self.fingerprint, "max_length": self.max_length}
+                "fingerprint": self.fingerprint, "max_length": self.max_length, "checkpoint": checkpoint}
 
     # ------------------------------------------------------------------------------------------
     # HTTP

@@ -12,6 +12,7 @@ import torch
 
 from qwen_eval.backends.base import Backend
 from qwen_eval.errors import UserError
+from qwen_eval.provenance import folder_identity, gguf_identity
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.host_memory import bound_kernel_caches, release_free_memory
@@ -51,6 +52,7 @@ class Loaded:
     stop_token_ids: tuple[int, ...]  # declared by the checkpoint (eos ids)
     chat_template: str | None = None
     checkpoint_format: str = "tiny"  # "qwen" (Qwen-1) or "qwen2"
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)  # provenance.checkpoint_identity
 
 
 def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
@@ -64,17 +66,19 @@ def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, devic
         tokenizer = (load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path")
                      else gguf_tokenizer(ckpt))
         loaded = Loaded(from_gguf(ckpt, dtype, device), tokenizer, weights_fingerprint(gguf_file),
-                        ckpt.stop_token_ids, ckpt.chat_template, ckpt.arch)
+                        ckpt.stop_token_ids, ckpt.chat_template, ckpt.arch, gguf_identity(gguf_file, ckpt.metadata))
     else:
         from qwen_eval.chat import checkpoint_template
         from qwen_eval.model.loading import (checkpoint_format, declared_eos_ids, from_pretrained, read_config_json,
                                              resolve_checkpoint)
 
         directory = Path(resolve_checkpoint(path))
+        config, fmt = read_config_json(directory), None
+        fmt = checkpoint_format(config, directory)
         loaded = Loaded(from_pretrained(directory, dtype=dtype, device=device),
                         load_tokenizer(directory, cfg.get("tokenizer_path")), weights_fingerprint(directory),
-                        declared_eos_ids(directory), checkpoint_template(directory),
-                        checkpoint_format(read_config_json(directory), directory))
+                        declared_eos_ids(directory), checkpoint_template(directory), fmt,
+                        folder_identity(directory, config, fmt))
     if cfg.get("seq_length"):  # where NTK/LogN begin, for any checkpoint (a Qwen-1 GGUF drops it)
         loaded.model.config.seq_length = int(cfg["seq_length"])
     return loaded
@@ -105,6 +109,7 @@ class QwenBackend(Backend):
         self.path = path
         self.max_length = engine.max_length
         self.fingerprint = fingerprint
+        self.checkpoint: dict[str, Any] = {}  # provenance.checkpoint_identity of the weights
         self.attention = engine.model.attention_kernel()  # the kernel model.attention resolved to here
         weight = engine.model.lm_head.weight
         self.device, self.dtype = str(weight.device), str(weight.dtype).removeprefix("torch.")
@@ -128,8 +133,10 @@ class QwenBackend(Backend):
         path = cfg.get("path")
         if preset == "tiny" and not path:
             model = build_tiny(int(cfg.get("init_seed", 0)))
-            loaded = Loaded(model, load_tokenizer(None, cfg.get("tokenizer_path")),
-                            f"tiny-seed{int(cfg.get('init_seed', 0))}", ())
+            seed_id = f"tiny-seed{int(cfg.get('init_seed', 0))}"
+            loaded = Loaded(model, load_tokenizer(None, cfg.get("tokenizer_path")), seed_id, (),
+                            identity={"name": "tiny", "source_name": seed_id, "format": "random (built in memory)",
+                                      "quantization": None, "files": [], "sha256": None})
         else:
             if not path:
                 raise UserError(f"model={cfg.get('name')} needs model.path=DIR (a local checkpoint folder or .gguf file)")
@@ -153,6 +160,7 @@ class QwenBackend(Backend):
         backend = cls(engine, name=str(cfg.get("name") or "qwen"), path=path, fingerprint=fingerprint)
         backend.chat_template = loaded.chat_template
         backend.checkpoint_format = loaded.checkpoint_format
+        backend.checkpoint = loaded.identity
         return backend
 
     def describe(self) -> dict[str, Any]:
@@ -162,7 +170,8 @@ class QwenBackend(Backend):
                 "parameters": sum(p.numel() for p in self.engine.model.parameters()),
                 "seq_length": cfg.seq_length, "use_dynamic_ntk": cfg.use_dynamic_ntk,
                 "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None,
-                "stop_token_ids": sorted(self.engine.stop_token_ids), "attention": self.attention}
+                "stop_token_ids": sorted(self.engine.stop_token_ids), "attention": self.attention,
+                "checkpoint": self.checkpoint}
 
     def special_tokens(self) -> dict[str, str | None]:
         tokenizer = self.engine.tokenizer

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from qwen_eval.backends.base import Backend, unsupported
 from qwen_eval.errors import UserError
+from qwen_eval.provenance import file_record
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Request, Rolling, RollingResult, cut_at_stop
 
 
@@ -60,8 +61,14 @@ class ReplayBackend(Backend):
         return cls.from_jsonl(cfg["path"])
 
     def describe(self) -> dict[str, Any]:
+        # saved completions say nothing of the model that wrote them: the file is the identity
+        files = [] if self.source == "<memory>" else [file_record(self.source)]
+        checkpoint = {"name": f"replay of {Path(self.source).stem}", "source_name": self.source,
+                      "format": "replayed completions", "quantization": None,
+                      "files": [{"name": Path(f["path"]).name, "bytes": f["bytes"], "sha256": f["sha256"]} for f in files],
+                      "sha256": files[0]["sha256"] if files else self.fingerprint}
         return {"name": self.name, "backend": "replay", "path": self.source, "dtype": None,
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint, "checkpoint": checkpoint}
 
     def bind_documents(self, doc_requests: Mapping[str, Sequence[Request]]) -> None:
         """Learn which document each request belongs to (requests carry no doc ids)."""
