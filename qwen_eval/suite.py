@@ -83,13 +83,13 @@ def suite_root(cfg: DictConfig, model_name: str) -> Path:
 def write_suite_table(root: Path, suite_name: str, model: dict[str, Any] | None, records: list[dict[str, Any]],
                       status: list[dict[str, Any]]) -> None:
     """table.md/.csv/.tex/.html/.png and suite.json of what has finished so far."""
-    from qwen_eval import tables
+    from qwen_eval import table_formats, tables
 
     root.mkdir(parents=True, exist_ok=True)
     table = tables.build_table(records, stderr=True)
-    written = tables.write_table(table, root / "table", formats=("md", "csv", "tex", "html"))
+    written = table_formats.write_table(table, root / "table", formats=("md", "csv", "tex", "html"))
     if records:
-        written.append(tables.plot_table(table, root / "table.png"))
+        written.append(table_formats.plot_table(table, root / "table.png"))
     output.write_json(root / "suite.json", {"suite": suite_name, "model": model, "tasks": status,
                                             "files": [p.name for p in written], "created": output.now_iso()})
 

@@ -94,12 +94,12 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 
 def write_sweep_table(sweep_dir: Path, records: list[dict[str, Any]]) -> list[Path]:
-    from qwen_eval import tables
+    from qwen_eval import table_formats, tables
 
     written = []
     for kind, table in tables.build_tables(records, stderr=True).items():
         stem = sweep_dir / (TABLE_STEM if kind == "benchmarks" else f"{TABLE_STEM}-long_context")
-        written += tables.write_table(table, stem, formats=tables.FORMATS)
+        written += table_formats.write_table(table, stem, formats=table_formats.FORMATS)
     return written
 
 

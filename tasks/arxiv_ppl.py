@@ -308,7 +308,8 @@ class ArxivPerplexity(Task):
     # -- the long-context table -------------------------------------------------------------------
     def write_artifacts(self, out_dir: Path, record: Mapping[str, Any]) -> list[Path]:
         """long_context.md/.csv (measured rows beside the model card's) and long_context.png."""
-        from qwen_eval.tables import build_long_context_table, plot_table, write_table
+        from qwen_eval.table_formats import plot_table, write_table
+        from qwen_eval.tables import build_long_context_table
 
         table = build_long_context_table([record])
         stem = Path(out_dir) / "long_context"

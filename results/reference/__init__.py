@@ -2,10 +2,11 @@
 
 This folder is data first: `model_card.csv` (the Qwen-14B model card's benchmark table, percent),
 `long_context.csv` (its arXiv perplexity table) and `sources.json` (what each file is, where it
-comes from, when it was transcribed, and the shot count of each benchmark column). A user's own
-reference set loads the same way: a CSV whose first column is `model`, one column per benchmark
-(or per context length), empty cells for numbers not reported, and optionally a `sources.json`
-beside it with an entry under the CSV's file name.
+comes from, when it was transcribed, the shot count of each benchmark column and the prompt
+protocol its numbers were measured with). A user's own reference set loads the same way: a CSV
+whose first column is `model`, one column per benchmark (or per context length), empty cells for
+numbers not reported, and optionally a `sources.json` beside it with an entry under the CSV's file
+name (keys name, source, retrieved, shots, protocol).
 
 The loader lives here, beside its data, because this package *is* `qwen_eval.reference`.
 """
@@ -45,9 +46,11 @@ class ReferenceTable:
     retrieved: str | None = None
     shots: dict[str, int] = field(default_factory=dict)
     path: str = ""
+    protocol: str = "base"  # the prompt protocol its numbers were measured with (leaderboards key on it)
 
     def provenance(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "retrieved": self.retrieved, "path": self.path}
+        return {"name": self.name, "source": self.source, "retrieved": self.retrieved, "path": self.path,
+                "protocol": self.protocol}
 
 
 def split_variant(label: str) -> tuple[str, str]:
@@ -122,9 +125,13 @@ def _parse(path: Path, meta: dict[str, Any]) -> ReferenceTable:
             key = int(column) if kind == "long_context" else column
             values.loc[model, key] = _cell_value(path, model, column, cell)
     shots = {str(k): int(v) for k, v in (meta.get("shots") or {}).items()}
+    protocol = meta.get("protocol", "base")
+    if not isinstance(protocol, str) or not protocol:
+        raise UserError(f"{path.parent / SOURCES_FILE}: {path.name}: 'protocol' must be a protocol name such as "
+                        f"\"base\" or \"instruct\"")
     return ReferenceTable(name=meta.get("name", path.stem), kind=kind, values=values,
                           source=meta.get("source", str(path)), retrieved=meta.get("retrieved"),
-                          shots=shots, path=str(path))
+                          shots=shots, path=str(path), protocol=protocol)
 
 
 def _cell_value(path: Path, model: str, column: str, cell: str) -> float:
