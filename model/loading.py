@@ -45,8 +45,9 @@ def resolve_checkpoint(path_or_hub_id: str | Path, *, cache_dir: str | Path | No
     if path.is_dir():
         return path
     if path.exists():
-        raise UserError(f"model.path {path_or_hub_id} is a file; point it at the checkpoint folder "
-                        f"(the one holding config.json)")
+        raise UserError(f"model.path {path_or_hub_id} is a file; point it at the checkpoint folder (the one "
+                        f"holding config.json), or for a .gguf file use qwen_eval.model.from_pretrained, which "
+                        f"reads GGUF as model.path does")
     hint = (f"download it (huggingface-cli download {path_or_hub_id} --local-dir DIR) and set "
             f"model.path=DIR")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_hub_id)):

@@ -16,6 +16,7 @@ sweep ends with a summary (qwen_eval.sweep). `--help` and `--version` are qwen-e
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -151,6 +152,13 @@ def validate(argv: list[str]) -> None:
         combos = _expand_sweeps(_overrides(argv)) if multirun else [_overrides(argv)]
     except Exception as e:
         fail(f"bad override: {_hydra_error_line(e)}")
+    for overrides in combos:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if key in GROUPS and re.fullmatch(r"(?i)true|false|yes|no|on|off|[-+]?\d+(\.\d*)?", value.strip()):
+                names = sorted(p.stem for p in (options._conf_dir() / key).glob("*.yaml"))
+                fail(f"{key}={value}: {key} names a config, {key}=<name> (one of: {', '.join(names)}); "
+                     f"an option of it is {key}.<option>=<value>")
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         for overrides in combos:

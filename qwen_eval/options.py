@@ -90,11 +90,35 @@ def _count(key: str, value: Any, minimum: int, hint: str, allow_none: bool = Tru
     raise UserError(f"{key}={value!r} must be a whole number >= {minimum} ({hint})")
 
 
+def option_blocks() -> dict[str, list[str]]:
+    """The top-level keys of conf/config.yaml that hold options rather than a value (data, chat),
+    with the options each has."""
+    raw = OmegaConf.to_container(OmegaConf.load(_conf_dir() / "config.yaml"), resolve=False)
+    return {str(k): [str(o) for o in v] for k, v in raw.items() if k not in ("defaults", "hydra") and isinstance(v, dict)}
+
+
+def check_blocks(cfg: Mapping[str, Any]) -> None:
+    """`chat=true` or `data=x` replaces a whole block of options with one value: name the option
+    that was meant instead of failing later on the value."""
+    for key, options in option_blocks().items():
+        value = cfg.get(key)
+        if isinstance(value, Mapping):
+            continue
+        example = {"chat": "chat.enabled=true", "data": "data.source=sample"}.get(key, f"{key}.{options[0]}=...")
+        raise UserError(f"{key}={value!r}: {key} is a group of options ({', '.join(options)}), not a value; "
+                        f"set one of them, e.g. {example}")
+    for group in GROUPS:
+        value = cfg.get(group)
+        if value is not None and not isinstance(value, Mapping):
+            raise UserError(f"{group}={value!r}: {group} names a config ({group}=<name>, see `qwen-eval --help`)")
+
+
 def check_top_level(cfg: Mapping[str, Any]) -> None:
     known = top_level_keys()
     for key in cfg:
         if key not in known:
             raise UserError(f"unknown config key {key!r}{suggest(str(key), known)} (see `qwen-eval --help` for the keys)")
+    check_blocks(cfg)
     _count("batch_size", cfg.get("batch_size"), 1, "requests per backend call", allow_none=False)
     _count("limit", cfg.get("limit"), 1, "or null for everything")
     _count("shots", cfg.get("shots"), 0, "or null for the model card's count")
@@ -108,9 +132,7 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
     for key in ("output_dir", "cache_dir"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
             raise UserError(f"{key}={cfg.get(key)!r} must be a folder path (or null)")
-    data = cfg.get("data")
-    if not isinstance(data, Mapping):
-        raise UserError("data must hold data.source and data.path, e.g. data.source=sample")
+    data = cfg["data"]
     if data.get("source") not in DATA_SOURCES:
         raise UserError(f"data.source={data.get('source')!r} is not a source; valid: {', '.join(DATA_SOURCES)}")
     if data.get("path") is not None and not isinstance(data.get("path"), str):

@@ -44,6 +44,21 @@ def test_gguf_logits_equal_the_model_it_was_written_from(tmp_path, model, vocab,
         assert max_abs_diff(model(ids), loaded(ids)) <= tolerance
 
 
+def test_the_public_loader_reads_gguf_as_model_path_does(tmp_path, model, vocab):
+    """`qwen_eval.model.from_pretrained` takes every format the CLI's model.path takes."""
+    import qwen_eval.model
+
+    path = write_gguf(model, tmp_path / "m.gguf", tensor_type="F32", vocab=vocab)
+    ids = _ids(24)
+    with torch.no_grad():
+        want = from_gguf(path)(ids)
+        assert torch.equal(qwen_eval.model.from_pretrained(path)(ids), want)
+        assert torch.equal(qwen_eval.model.from_pretrained(tmp_path)(ids), want)  # a folder holding one .gguf
+    with pytest.raises(UserError, match=r"is a file; point it at the checkpoint folder .* for a \.gguf file use "
+                                        r"qwen_eval\.model\.from_pretrained"):
+        from_pretrained(path)  # the folder loader names the one that reads GGUF
+
+
 @pytest.mark.parametrize("tensor_type", ["Q4_0", "Q5_0", "Q5_1"])
 def test_block_quants_dequantize(tmp_path, model, tensor_type):
     """4- and 5-bit block quants: close to the weights they came from. (The gguf package cannot

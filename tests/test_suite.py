@@ -46,8 +46,8 @@ def test_a_suite_from_a_user_folder_writes_one_table_beside_the_model_card(tmp_p
     assert read_results(out / "mmlu")["n_samples"] == 2 * 5  # limit per subject, 5 sample subjects
 
     table = (out / "table.md").read_text(encoding="utf-8")
-    assert "Qwen-14B" in table and "66.3" in table  # the model card's MMLU number beside ours
-    assert "tiny" in table
+    assert "| tiny · float32 · base" in table
+    assert "Qwen-14B" not in table  # tiny is not a model the model card reports: no reference row beside it
     for suffix in (".csv", ".tex", ".html", ".png"):
         assert (out / f"table{suffix}").stat().st_size > 0
 
@@ -135,8 +135,8 @@ def test_a_suite_stopped_midway_still_writes_the_table_of_what_finished(tmp_path
         ("mmlu", "ok"), ("gsm8k", "interrupted"), ("ceval", "pending")]
     table = (out / "table.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| tiny")}
-    assert "MMLU (0-shot)" in table and "tiny (measured)" in rows
-    assert "(n=15)†" in rows["tiny (measured)"]  # 3 questions x 5 subjects, a partial run
+    assert "MMLU (0-shot)" in table and "tiny · float32 · base" in rows
+    assert "(n=15/30)†" in rows["tiny · float32 · base"]  # 3 questions x 5 subjects of 30, a partial run
     assert "interrupted; the table of the 1 finished tasks is in" in stderr
     assert not (out / "gsm8k" / "results.json").exists()
 

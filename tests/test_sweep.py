@@ -7,6 +7,7 @@ cluster: shared storage), and the launching process ends with one summary and on
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -45,15 +46,15 @@ def test_a_submitit_sweep_runs_every_job_and_ends_with_one_table(tmp_path: Path)
         [line] = [ln for ln in proc.stdout.splitlines() if ln.endswith(str(sweep / name))]
         assert f" {results['task']} " in line and " tiny " in line and " acc = " in line
     rows = _md_rows((sweep / "table.md").read_text(encoding="utf-8"))
-    measured = rows["tiny (measured)"]
-    assert measured["MMLU (5-shot)"].endswith("(n=5)†") and measured["GSM8K (8-shot)"].endswith("(n=1)†")
+    measured = rows["tiny · float32 · base"]
+    assert measured["MMLU (5-shot)"].endswith("(n=5/30)†") and re.search(r"\(n=1/\d+\)†$", measured["GSM8K (8-shot)"])
     assert (sweep / "table.png").stat().st_size > 0
 
     # qwen-eval-table over the sweep folder builds the same leaderboard
-    table = subprocess.run([*_script("qwen-eval-table", "qwen_eval.tables"), str(sweep), "--stderr"],
+    table = subprocess.run([*_script("qwen-eval-table", "qwen_eval.table_cli"), str(sweep), "--stderr"],
                            capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr
-    assert _md_rows(table.stdout)["tiny (measured)"] == measured
+    assert _md_rows(table.stdout)["tiny · float32 · base"] == measured
 
     # a second sweep over the same shared cache answers everything from it
     again = run_cli("-m", "hydra/launcher=submitit_local", "task=mmlu,gsm8k", "model=tiny", "data.source=sample",
