@@ -89,7 +89,9 @@ def run_table_markdown(results: Mapping[str, Any]) -> str:
     when the run is of a model it reports): the columns the run fills, and the rows that report them."""
     from qwen_eval import table_formats, tables
 
-    parts = [f"# {results['task']} ({results['shots']}-shot) — {results['model']['name']}\n"]
+    from qwen_eval.run_files import checkpoint_of
+
+    parts = [f"# {results['task']} ({results['shots']}-shot) — {checkpoint_of(results)['name']}\n"]
     for table in tables.build_tables([dict(results)], stderr=True).values():
         measured = [row for row, kind in table.attrs.get("row_kinds", {}).items() if kind == "measured"]
         columns = [c for c in table.columns if table.loc[measured, c].notna().any()] if measured else list(table.columns)

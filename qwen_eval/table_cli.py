@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from qwen_eval.errors import UserError
-from qwen_eval.reference import load_long_context, load_model_card, load_reference
+from qwen_eval.reference import load_long_context, load_published, load_reference
 from qwen_eval.run_files import Run, checkpoint_of, headline, is_fraction_metric, load_runs, protocol_of
 from qwen_eval.table_formats import FORMATS, to_markdown, write_table
 from qwen_eval.tables import build_tables, documents_scored
@@ -50,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="show these reference rows whatever was measured (default: those of the measured "
                              "models and protocols), e.g. Qwen-7B,Qwen-14B")
     parser.add_argument("--reference", action="append", default=[], metavar="CSV",
-                        help="another reference set in the layout of results/reference/*.csv (repeatable)")
-    parser.add_argument("--no-model-card", action="store_true", help="leave out the model card's reference rows")
+                        help="another reference set in the layout of qwen_eval/reference/*.csv (repeatable)")
+    parser.add_argument("--no-model-card", action="store_true",
+                        help="leave out the published tables shipped with qwen-eval (the model card's, the "
+                             "Qwen2.5-Coder report's); only --reference sets")
     parser.add_argument("--label", action="append", default=[], metavar="NAME=LABEL",
                         help="show checkpoint NAME as LABEL (repeatable)")
     parser.add_argument("--runs", action="store_true",
@@ -102,7 +104,7 @@ def render(args: argparse.Namespace, base: Path | None = None, report_dir: Path 
             raise UserError(f"--label {item!r}: expected NAME=LABEL, e.g. --label tiny=Tiny-Qwen")
         labels[name] = label
     extra = [load_reference(at(path)) for path in args.reference]
-    references = extra if args.no_model_card else [load_model_card(), load_long_context(), *extra]
+    references = extra if args.no_model_card else [*load_published(), load_long_context(), *extra]
     reference_models = [m.strip() for m in args.reference_models.split(",")] if args.reference_models else None
     tables = build_tables(runs, references=references, reference_models=reference_models,
                           reference_row=args.reference_row, stderr=args.stderr, labels=labels)

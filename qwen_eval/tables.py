@@ -38,8 +38,8 @@ import pandas as pd
 
 from qwen_eval.errors import UserError
 from qwen_eval.provenance import same_model
-from qwen_eval.reference import (BASE_VARIANT, ReferenceTable, load_long_context, load_model_card, split_variant,
-                                 variant_label)
+from qwen_eval.reference import (BASE_VARIANT, ReferenceTable, load_long_context, load_model_card, load_published,
+                                 split_variant, variant_label)
 from qwen_eval.run_files import (PPL_METRIC, Run, checkpoint_of, created, headline, is_fraction_metric,
                                  protocol_of)
 
@@ -151,7 +151,8 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     (and its diff row).
 
     results: results.json dicts (or `Run`s); long-context runs are left to build_long_context_table.
-    references: reference tables to draw rows from; None = the model card; [] = none.
+    references: reference tables to draw rows from; None = every published table shipped in
+      qwen_eval/reference (the model card, the Qwen2.5-Coder instruct table); [] = none.
     reference_models: show these reference rows whatever was measured (None: those of the same
       model and protocol as a measured row).
     reference_row: add, under each measured row of that reference's protocol, a row
@@ -160,7 +161,7 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     labels: checkpoint name -> the name its rows show.
     """
     runs = [run for run in _as_runs(results) if not is_long_context(run.results)]
-    refs = [ref for ref in (references if references is not None else [load_model_card()])
+    refs = [ref for ref in (references if references is not None else load_published())
             if ref.kind == "benchmarks"]
     card_shots = dict(load_model_card().shots)
     for ref in refs:
@@ -291,7 +292,7 @@ def build_tables(results: Results, **options: Any) -> dict[str, pd.DataFrame]:
     if len(long_runs) < len(runs) or not runs:
         bench_options = dict(options)
         refs = options.get("references")
-        bench_refs = [r for r in (refs if refs is not None else [load_model_card()]) if r.kind == "benchmarks"]
+        bench_refs = [r for r in (refs if refs is not None else load_published()) if r.kind == "benchmarks"]
         known = {m for ref in bench_refs for m in ref.values.index}
         bench_options["reference_models"] = _known(options.get("reference_models"), known)
         if bench_options.get("reference_row") not in known:

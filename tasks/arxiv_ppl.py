@@ -25,7 +25,7 @@ Each (document, length, variant) is one `Rolling(text, first_tokens=L, max_lengt
 long_context=...)` request; the backend answers n_tokens == 0 for a text shorter than L.
 
 Variants (`task.variants`): `base` or `+`-joined switches among `dynamic_ntk`, `logn`,
-`window_attn`, named in the model card's order (the labels of results/reference/long_context.csv).
+`window_attn`, named in the model card's order (the labels of qwen_eval/reference/long_context.csv).
 Each is a `LongContext` the bundled engine applies per request, so the weights load once for
 every row. `task.window_attn`: "schedule" = the serving model's default layer-wise windows
 (`qwen_eval.model.model.window_schedule`; Qwen never published its sizes), or one size per layer.

@@ -1,7 +1,8 @@
 """Reported numbers every comparison table is built against (importable as `qwen_eval.reference`).
 
 This folder is data first: `model_card.csv` (the Qwen-14B model card's benchmark table, percent),
-`long_context.csv` (its arXiv perplexity table) and `sources.json` (what each file is, where it
+`long_context.csv` (its arXiv perplexity table), `qwen2.5_coder_instruct.csv` (the Qwen2.5-Coder
+report's instruct code table) and `sources.json` (what each file is, where it
 comes from, when it was transcribed, the shot count of each benchmark column and the prompt
 protocol its numbers were measured with). A user's own reference set loads the same way: a CSV
 whose first column is `model`, one column per benchmark (or per context length), empty cells for
@@ -64,6 +65,15 @@ def variant_label(model: str, variant: str) -> str:
     if variant == BASE_VARIANT:
         return model
     return " + ".join([model, *variant.split("+")])
+
+
+PUBLISHED = ("model_card.csv", "qwen2.5_coder_instruct.csv")  # the benchmark tables shipped here
+
+
+def load_published() -> list[ReferenceTable]:
+    """Every benchmark table shipped here: the Qwen-14B model card (base protocol) and the
+    Qwen2.5-Coder report's instruct code table (instruct protocol)."""
+    return [_load_packaged(name) for name in PUBLISHED]
 
 
 def load_model_card() -> ReferenceTable:
