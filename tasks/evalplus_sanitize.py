@@ -176,6 +176,7 @@ def kept_definitions(code: str, entrypoint: str | None = None) -> str:
     return b"\n".join(pieces).decode("utf-8")
 
 
+@functools.lru_cache(maxsize=4096)  # a task sanitizes each reply for its checks and again for its record
 def sanitize(code: str, entrypoint: str | None = None) -> str:
     """EvalPlus 0.3.1's `sanitize(code, entrypoint)`: see the module docstring."""
     extracted = extract_code(code)
