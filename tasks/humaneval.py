@@ -17,13 +17,19 @@ tasks/code_eval.py (task.n samples, unbiased estimator).
 
 Chat protocols (`task.prompt`, rendered with the model's chat template, see qwen_eval/chat.py):
   base       the above (default)
-  instruct   Qwen2.5-Coder's instruct evaluation (qwencoder-eval/instruct, evalplus's ChatML decoder):
-             system "You are an intelligent programming assistant to produce Python algorithmic
-             solutions", user "Can you complete the following Python function?\\n```python\\n" +
-             prompt.strip() + "\\n```\\n", the reply pre-filled with "```python\\n"; greedy, 512 new
-             tokens, stops INSTRUCT_STOPS and the end of turn; tabs become 4 spaces. The reply
-             restates the whole function, so program = completion + test + check (evalplus's
-             "solution"); a reply that still holds a fence goes through tasks/code_extract.py.
+  instruct   Qwen2.5-Coder's instruct evaluation (tasks/qwen_coder_instruct.py): system "You are an
+             intelligent programming assistant to produce Python algorithmic solutions", user "Can
+             you complete the following Python function?\\n```python\\n" + prompt.strip() +
+             "\\n```\\n", the reply pre-filled with "```python\\n"; greedy, stops INSTRUCT_STOPS and the
+             end of turn, at most `instruct_max_new_tokens` (2048) new tokens and `instruct_max_length`
+             (1536) tokens of prompt and reply together (vLLM's max_tokens and max_model_len there).
+             raw_solution = the reply with tabs as 4 spaces, cut before its first "```";
+             solution = evalplus.sanitize(raw_solution, entry_point) (tasks/evalplus_sanitize.py).
+             What runs: solution + "\\n" + test + "\\n" + "check(<entry_point>)" for pass@1 (the
+             reported, sanitized score), and raw_solution + "\\n" + test + "\\n" + "check(<entry_point>)"
+             for raw_pass@1, each in qwen_eval.sandbox, passing when it ran to its end. (EvalPlus
+             itself compares outputs with the canonical solution's on the test inputs; here the
+             HumanEval tests decide.)
   qwen_chat  Qwen's eval/evaluate_chat_humaneval.py: user "Help me fill the following code.\\n" +
              prompt, no system of its own, up to the end of turn (512 new tokens); the function body
              is cut out of the reply by Qwen's rules (qwen_chat_body) and program = prompt + body + test.
@@ -40,21 +46,18 @@ from typing import Any, Mapping
 from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Generate
+from qwen_eval.sandbox import Outcome
 from qwen_eval.task import DataSpec
-from qwen_eval.tasks.code_eval import CodeTask, require_fields
-from qwen_eval.tasks.code_extract import extract_code
+from qwen_eval.tasks.code_eval import Check, CodeTask, _int_option, failure_reason, require_fields
+from qwen_eval.tasks.evalplus_sanitize import sanitize
+from qwen_eval.tasks.qwen_coder_instruct import (INSTRUCT_MAX_LENGTH, INSTRUCT_MAX_NEW_TOKENS, INSTRUCT_PREFILL,
+                                                 INSTRUCT_STOPS, INSTRUCT_USER, instruct_messages, raw_solution)
 
 STOPS = {
     "qwen": ("<|endoftext|>", "\n\n\n", "\n\n", "def "),
     "standard": ("\nclass", "\ndef", "\n#", "\nif", "\nprint"),
 }
 PROMPTS = ("base", "instruct", "qwen_chat")
-INSTRUCT_SYSTEM = "You are an intelligent programming assistant to produce Python algorithmic solutions"
-INSTRUCT_USER = "Can you complete the following Python function?\n```python\n{prompt}\n```\n"
-INSTRUCT_PREFILL = "```python\n"
-# evalplus's EOS list, then its chat decoder's "\n```", and "\n#" as Qwen2.5-Coder runs it
-INSTRUCT_STOPS = ("<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint(", "\n#",
-                  "\n```")
 QWEN_CHAT_USER = "Help me fill the following code.\n{prompt}"
 HUB_ID = "openai/openai_humaneval"
 FILE_NAMES = ("HumanEval.jsonl.gz", "HumanEval.jsonl")
@@ -81,11 +84,12 @@ class HumanEval(CodeTask):
     default_shots = 0
     max_shots = 0
     model_card_column = "HumanEval"
-    version = "1"
+    version = "2"  # 2: the instruct protocol's raw and sanitized solutions, budgets and program
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
-        return {"prompt": "base", "stop": "qwen", **super().default_options()}
+        return {"prompt": "base", "stop": "qwen", **super().default_options(),
+                "instruct_max_new_tokens": INSTRUCT_MAX_NEW_TOKENS, "instruct_max_length": INSTRUCT_MAX_LENGTH}
 
     def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(options, **kwargs)
@@ -95,6 +99,11 @@ class HumanEval(CodeTask):
             raise UserError(f"task.prompt={self.options['prompt']!r} is not a HumanEval protocol; valid: {', '.join(PROMPTS)}")
         self.prompt_style = self.options["prompt"]
         self.stop = INSTRUCT_STOPS if self.prompt_style == "instruct" else STOPS[self.options["stop"]]
+        if self.prompt_style == "instruct":
+            self.metric_stems = ("pass", "raw_pass")
+            self.max_new_tokens = _int_option("instruct_max_new_tokens", self.options["instruct_max_new_tokens"], 1)
+            cap = self.options["instruct_max_length"]
+            self.max_length = None if cap is None else _int_option("instruct_max_length", cap, 1)
 
     @property
     def uses_chat(self) -> bool:
@@ -150,22 +159,49 @@ class HumanEval(CodeTask):
     def requests(self, doc: HumanEvalDoc) -> list[Generate]:
         (base,) = super().requests(doc)
         if self.prompt_style == "instruct":
-            return [replace(base, context="", messages=(("system", INSTRUCT_SYSTEM), ("user", self.prompt(doc))),
-                            prefill=INSTRUCT_PREFILL)]
+            return [replace(base, context="", messages=instruct_messages(doc.prompt), prefill=INSTRUCT_PREFILL)]
         if self.prompt_style == "qwen_chat":
             return [replace(base, context="", messages=(("user", self.prompt(doc)),), stop=())]
         return [base]
 
     def program(self, doc: HumanEvalDoc, completion: str) -> str:
-        tests = "\n" + doc.test + "\n" + f"check({doc.entry_point})"
+        """The program whose verdict is reported (for instruct: the sanitized solution's)."""
         if self.prompt_style == "instruct":
-            code = completion.replace("\t", "    ")
-            if "```" in code:
-                code = extract_code(code, doc.entry_point)
-            return code + tests
+            return self._with_tests(doc, sanitize(raw_solution(completion), doc.entry_point))
+        tests = "\n" + doc.test + "\n" + f"check({doc.entry_point})"
         if self.prompt_style == "qwen_chat":
             return doc.prompt + qwen_chat_body(completion, doc.entry_point) + tests
         return doc.prompt + completion + tests
+
+    @staticmethod
+    def _with_tests(doc: HumanEvalDoc, solution: str) -> str:
+        return solution + "\n" + doc.test + "\n" + f"check({doc.entry_point})"
+
+    # --- the instruct protocol: the sanitized solution reported, the raw one beside it ---
+
+    def checks(self, doc: HumanEvalDoc, completion: str) -> list[Check]:
+        if self.prompt_style != "instruct":
+            return super().checks(doc, completion)
+        raw = raw_solution(completion)
+        return [Check("sanitized", self._with_tests(doc, sanitize(raw, doc.entry_point))),
+                Check("raw", self._with_tests(doc, raw))]
+
+    def passes(self, doc: HumanEvalDoc, ran: Mapping[str, Outcome]) -> dict[str, bool]:
+        if self.prompt_style != "instruct":
+            return super().passes(doc, ran)
+        return {"pass": ran["sanitized"].passed, "raw_pass": ran["raw"].passed}
+
+    def prediction(self, doc: HumanEvalDoc, ran: Mapping[str, Outcome]) -> str:
+        return ran["sanitized"].status if self.prompt_style == "instruct" else super().prediction(doc, ran)
+
+    def record(self, doc: HumanEvalDoc, completion: str, checks, ran: Mapping[str, Outcome]) -> dict[str, Any]:
+        if self.prompt_style != "instruct":
+            return super().record(doc, completion, checks, ran)
+        raw = raw_solution(completion)
+        sanitized, raw_run = ran["sanitized"], ran["raw"]
+        return {"raw_solution": raw, "solution": sanitize(raw, doc.entry_point), "program": checks[0].program,
+                "outcome": sanitized.record(), "reason": failure_reason(sanitized),
+                "raw_outcome": raw_run.record(), "raw_reason": failure_reason(raw_run)}
 
     def target(self, doc: HumanEvalDoc) -> str:
         return doc.test

@@ -93,7 +93,8 @@ def test_instruct_protocol_golden_prompt():
         + doc.prompt.strip() + "\n```\n<|im_end|>\n<|im_start|>assistant\n```python\n")
     assert request.stop == ("<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint(",
                             "\n#", "\n```", "<|im_end|>")
-    assert request.max_new_tokens == 512 and request.temperature == 0.0 and not request.messages
+    assert (request.max_new_tokens, request.max_length) == (2048, 1536)  # vLLM max_tokens, max_model_len
+    assert request.temperature == 0.0 and not request.messages
 
 
 def test_qwen_chat_protocol_golden_prompt():
@@ -105,15 +106,15 @@ def test_qwen_chat_protocol_golden_prompt():
     assert request.stop == ("<|im_end|>",)
 
 
-def test_instruct_program_is_the_restated_function():
+def test_instruct_program_is_the_restated_function_sanitized():
     doc = _first_doc()
     task = HumanEval({"prompt": "instruct"})
     reply = "from typing import List\n\ndef has_close_elements(numbers, threshold):\n\treturn True"
     program = task.program(doc, reply)
-    assert program.startswith("from typing import List\n\ndef has_close_elements(numbers, threshold):\n    return True\n")
-    assert program.endswith(f"check({doc.entry_point})")
-    fenced = "Here you go:\n```python\ndef has_close_elements(n, t):\n    return False\n```\nDone."
-    assert task.program(doc, fenced).startswith("def has_close_elements(n, t):\n    return False\n")
+    assert program == ("from typing import List\ndef has_close_elements(numbers, threshold):\n    return True"
+                       "\n" + doc.test + "\n" + f"check({doc.entry_point})")
+    closed = "def has_close_elements(n, t):\n    return False\n```\nDone."  # the reply closes the pre-filled fence
+    assert task.program(doc, closed).startswith("def has_close_elements(n, t):\n    return False\n")
 
 
 # Replies in the shapes chat models give, with the body Qwen's rules cut out of each.
