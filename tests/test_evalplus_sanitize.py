@@ -117,7 +117,7 @@ def test_the_corpus_exercises_every_rule():
     assert changed > 100 and pruned > 10 and fallback > 10
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # evalplus parses "\\d" without silencing the warning
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # evalplus parses an invalid escape without silencing the warning
 @pytest.mark.parametrize("code, entry", EDGE_CASES, ids=[f"edge{i}" for i in range(len(EDGE_CASES))])
 def test_edge_cases_sanitize_as_evalplus_does(code, entry):
     assert sanitize(code, entry) == evalplus_sanitize.sanitize(code, entry)
