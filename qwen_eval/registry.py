@@ -27,6 +27,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "bbh": "qwen_eval.tasks.bbh:BBH",
     "humaneval": "qwen_eval.tasks.humaneval:HumanEval",
     "mbpp": "qwen_eval.tasks.mbpp:MBPP",
+    "mbppplus": "qwen_eval.tasks.mbppplus:MbppPlus",
     "arxiv_ppl": "qwen_eval.tasks.arxiv_ppl:ArxivPerplexity",
 }
 
