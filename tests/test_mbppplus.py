@@ -424,3 +424,25 @@ def test_verdicts_equal_evalplus_evaluate_task_by_task(mbppplus_file, tmp_path):
     assert all(by_kind[(t, "canonical")].extra["verdict"] == {"base": "pass", "plus": "pass"} for t in ORACLE_TASKS)
     assert by_kind[("Mbpp/3", "base_only")].extra["raw_verdict"] == {"base": "pass", "plus": "fail"}
     assert by_kind[("Mbpp/164", "none")].extra["raw_verdict"] == {"base": "pass", "plus": "pass"}  # its oracle
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_the_sample(tmp_path):
+    from cli_helpers import read_results, read_samples, run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli("task=mbppplus", "model=tiny", "data.source=sample", "limit=2", "progress=false",
+                   f"task.expected_cache={tmp_path / 'expected'}", f"output_dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = read_results(out)
+    assert results["headline"]["metric"] == "pass@1" and results["model_card_column"] == "MBPP+"
+    assert {"pass@1", "base_pass@1", "raw_pass@1", "raw_base_pass@1", "pass@1_stderr"} <= set(results["metrics"])
+    extra = results["extra"]
+    assert extra["data"]["version"] == "v0.1.0" and extra["expected_outputs"]["computed"] == 2
+    assert extra["sandbox"]["rlimits"]["address_space_mb"] == 4096
+    samples = read_samples(out)
+    assert [s["doc_id"] for s in samples] == ["Mbpp/2", "Mbpp/3"]
+    assert set(samples[0]["verdict"]) == {"base", "plus"} and "program" in samples[0] and "raw_solution" in samples[0]
+    assert samples[0]["verdict"]["base"] in ("pass", "fail", "timeout")
