@@ -37,6 +37,7 @@ Chat protocols (`task.prompt`, rendered with the model's chat template, see qwen
 
 from __future__ import annotations
 
+import ast
 import re
 import textwrap
 from dataclasses import dataclass, replace
@@ -175,7 +176,12 @@ class HumanEval(CodeTask):
 
     @staticmethod
     def _with_tests(doc: HumanEvalDoc, solution: str) -> str:
-        return solution + "\n" + doc.test + "\n" + f"check({doc.entry_point})"
+        """The solution, then the helpers its test calls from the prompt (and the solution does not
+        define), then the test. HumanEval/32, 38 and 50 test through a helper of the prompt
+        (`poly`, `encode_cyclic`, `encode_shift`) that the sanitizer rightly drops from a
+        solution; EvalPlus never needs it because it compares outputs on stored inputs."""
+        helpers = helpers_the_test_calls(doc.prompt, doc.test, solution)
+        return solution + "\n" + (helpers + "\n" if helpers else "") + doc.test + "\n" + f"check({doc.entry_point})"
 
     # --- the instruct protocol: the sanitized solution reported, the raw one beside it ---
 
@@ -205,6 +211,20 @@ class HumanEval(CodeTask):
 
     def target(self, doc: HumanEvalDoc) -> str:
         return doc.test
+
+
+def helpers_the_test_calls(prompt: str, test: str, solution: str) -> str:
+    """The prompt's top-level functions that `test` calls and `solution` does not define, in the
+    prompt's order (empty when the prompt or solution does not parse: nothing is guessed)."""
+    try:
+        defined = {n.name for n in ast.parse(solution).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        called = {n.func.id for n in ast.walk(ast.parse(test)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return ""
+    lines = prompt.splitlines()
+    wanted = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in called - defined]
+    return "\n".join("\n".join(lines[n.lineno - 1 - len(n.decorator_list):n.end_lineno]) for n in wanted)
 
 
 def qwen_chat_body(reply: str, entry_point: str) -> str:

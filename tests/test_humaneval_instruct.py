@@ -17,7 +17,7 @@ from qwen_eval.errors import UserError
 from qwen_eval.requests import GenerateResult
 from qwen_eval.task import DataSpec
 from qwen_eval.tasks.evalplus_sanitize import sanitize
-from qwen_eval.tasks.humaneval import HumanEval
+from qwen_eval.tasks.humaneval import HumanEval, helpers_the_test_calls
 from qwen_eval.tasks.qwen_coder_instruct import INSTRUCT_STOPS, raw_solution
 
 
@@ -83,18 +83,27 @@ def test_a_sample_records_both_solutions_and_the_program_that_ran(docs):
 
 
 @pytest.mark.slow
-def test_every_restated_canonical_solution_passes_raw_and_all_but_one_sanitized(docs):
-    """HumanEval/50's test calls encode_shift, a helper of the prompt that decode_shift does not use:
-    the sanitizer drops it, so the sanitized program fails there whatever the model writes (EvalPlus
-    itself tests decode_shift alone, on the base inputs, and passes it)."""
+def test_every_restated_canonical_solution_passes_raw_and_sanitized(docs):
+    """HumanEval/50's test calls encode_shift, a helper of the prompt that decode_shift does not use,
+    so the sanitizer drops it: the program puts back the prompt's helpers the test calls (EvalPlus
+    itself tests decode_shift alone, on stored inputs, and passes it)."""
     task = instruct(sandbox={"workers": 2})
     replies = [d.prompt + d.canonical_solution for d in docs]
     samples = task.score_many(docs, [[GenerateResult((r,))] for r in replies])
     assert [s.doc_id for s in samples if s.extra["raw_outcome"]["status"] != "passed"] == []
-    failed = [(s.doc_id, s.extra["reason"]) for s in samples if s.extra["outcome"]["status"] != "passed"]
-    assert failed == [("HumanEval/50", "NameError: name 'encode_shift' is not defined")]
+    assert [(s.doc_id, s.extra["reason"]) for s in samples if s.extra["outcome"]["status"] != "passed"] == []
+    [fifty] = [s for s in samples if s.doc_id == "HumanEval/50"]
+    assert "encode_shift" not in fifty.extra["solution"] and "def encode_shift" in fifty.extra["program"]
     metrics = task.aggregate(samples)
-    assert len(samples) == 164 and metrics["raw_pass@1"] == 1.0 and round(metrics["pass@1"] * 164) == 163
+    assert len(samples) == 164 and metrics["raw_pass@1"] == 1.0 and metrics["pass@1"] == 1.0
+
+
+def test_the_tests_helpers_come_from_the_prompt_only_where_the_solution_lacks_them():
+    prompt = "def helper(x):\n    return x + 1\n\n\ndef f(x):\n    \"\"\"doc\"\"\"\n"
+    test = "def check(candidate):\n    assert candidate(helper(1)) == 2\n"
+    assert helpers_the_test_calls(prompt, test, "def f(x):\n    return x\n") == "def helper(x):\n    return x + 1"
+    assert helpers_the_test_calls(prompt, test, "def helper(x):\n    return 0\ndef f(x):\n    return x\n") == ""
+    assert helpers_the_test_calls(prompt, test, "def f(:\n") == ""  # a solution that does not parse: nothing guessed
 
 
 # --- the counterpart of the MBPP+ oracle: evalplus.evaluate --dataset humaneval ---------------------
