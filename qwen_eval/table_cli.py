@@ -22,7 +22,7 @@ import sys
 import tempfile
 from contextlib import redirect_stderr
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from qwen_eval.errors import UserError
 from qwen_eval.reference import load_long_context, load_published, load_reference
@@ -127,8 +127,8 @@ def render(args: argparse.Namespace, base: Path | None = None, report_dir: Path 
 
 def runs_table(runs: Sequence[Run], base: Path | None = None) -> str:
     """One Markdown line per run, everything read from its results.json."""
-    lines = ["| run | checkpoint | dtype | protocol | metric | value | documents | wall (s) | tokens/s | "
-             "peak RSS | commit | machine | created |", "|" + "---|" * 13]
+    lines = ["| run | checkpoint | dtype | protocol | metric | value | documents | answers from the cache | wall (s) | "
+             "tokens/s | peak RSS | commit | machine | created |", "|" + "---|" * 14]
     for run in runs:
         r = run.results
         metric, value, se = headline(r)
@@ -146,12 +146,20 @@ def runs_table(runs: Sequence[Run], base: Path | None = None) -> str:
         machine = (r.get("machine") or {}).get("cpu") or "unknown"
         name = run.path.parent.name if run.path is not None else r["task"]
         cells = [name, checkpoint_of(r)["name"], (r.get("model") or {}).get("dtype") or "-", protocol_of(r),
-                 metric, shown, documents, f"{wall:,.0f}" if isinstance(wall, (int, float)) else "-",
+                 metric, shown, documents, _cached(r), f"{wall:,.0f}" if isinstance(wall, (int, float)) else "-",
                  f"{speed:,.0f}" if isinstance(speed, (int, float)) and speed else "-",
                  f"{rss / 2**30:.2f} GiB" if isinstance(rss, (int, float)) else "-", commit, machine,
                  str(r.get("created") or "-")[:10]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cached(results: Mapping[str, Any]) -> str:
+    """How many answers a run read from the answer cache (its wall time and tokens/s cover only
+    the ones it computed)."""
+    requests = results.get("requests") or {}
+    total, cached = requests.get("total"), requests.get("cached")
+    return f"{cached:,} of {total:,}" if isinstance(total, int) and isinstance(cached, int) else "-"
 
 
 def update_readme(readme: Path, *, write: bool) -> list[str]:

@@ -112,6 +112,9 @@ def footnotes(table: pd.DataFrame, conflicts_file: str | None = None) -> list[st
         shown = {table.attrs.get("column_protocol", {}).get(c, "base") for c in table.columns}
         for protocol in [p for p in PROTOCOL_NOTES if p in shown] + sorted(shown - set(PROTOCOL_NOTES)):
             notes.append(f"Protocol `{protocol}`: {PROTOCOL_NOTES.get(protocol, 'as the task defines it (docs/protocols.md)')}.")
+    for column, version in (table.attrs.get("data_versions") or {}).items():
+        if column in table.columns:
+            notes.append(f"`{column}`: data release {version}.")
     for ref in table.attrs.get("references", []):
         retrieved = f", transcribed {ref['retrieved']}" if ref.get("retrieved") else ""
         notes.append(f"Reference `{ref['name']}`: {ref['source']}{retrieved}.")

@@ -205,8 +205,23 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     table.attrs.update(kind="benchmarks", decimals=1, show_stderr=stderr, reference_row=reference_row,
                        references=[ref.provenance() for ref in refs if any(r is ref for r, _ in chosen)],
                        units="percent", row_protocol=protocols,
-                       column_protocol={headers[k]: k[2] for k in columns})
+                       column_protocol={headers[k]: k[2] for k in columns},
+                       data_versions=_data_versions(measured_rows, headers))
     return table
+
+
+def _data_versions(measured: Mapping[str, Mapping[tuple, list[_Measured]]], headers: Mapping[tuple, str]) -> dict[str, str]:
+    """column -> the data release its runs read, where a task records one (`extra.data.version`:
+    MBPP+ v0.1.0 is not EvalPlus's current v0.2.0)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for cells in measured.values():
+        for key, candidates in cells.items():
+            for c in candidates:
+                data = ((c.run.results.get("extra") or {}).get("data") or {})
+                if data.get("version"):
+                    tasks = f", {data['tasks']} tasks" if data.get("tasks") else ""
+                    found[headers[key]].add(f"{data['version']}{tasks}")
+    return {column: " / ".join(sorted(v)) for column, v in found.items()}
 
 
 def reference_label(model: str, ref: ReferenceTable) -> str:

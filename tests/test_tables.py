@@ -384,5 +384,5 @@ def test_the_runs_listing_reads_every_figure_from_results_json(runs_dir, capsys)
     assert main([str(runs_dir / "mmlu-bf16-quick"), "--runs"]) == 0
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| mmlu-bf16-quick")][0]
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[:7] == ["mmlu-bf16-quick", CODER, "bfloat16", "base", "acc", "28.1 ± 2.7", "285 of 14,042"]
-    assert cells[10] == "abc" and cells[11] == "unknown"  # commit as recorded; no machine recorded
+    assert cells[:8] == ["mmlu-bf16-quick", CODER, "bfloat16", "base", "acc", "28.1 ± 2.7", "285 of 14,042", "0 of 285"]
+    assert cells[11] == "abc" and cells[12] == "unknown"  # commit as recorded; no machine recorded
