@@ -37,7 +37,7 @@ def measure(variant: str, length: int, doc: Path, threads: int | None) -> dict:
         torch.set_num_threads(threads)
     from qwen_eval.backends.qwen import build_tiny
     from qwen_eval.model.engine import Engine
-    from qwen_eval.model.model import LongContextOptions, window_schedule
+    from qwen_eval.model.scoring import long_context_options
     from qwen_eval.model.tokenizer import load_tokenizer
     from qwen_eval.requests import Rolling
     from qwen_eval.tasks.arxiv_ppl import parse_variant
@@ -55,9 +55,7 @@ def measure(variant: str, length: int, doc: Path, threads: int | None) -> dict:
     if answer.n_tokens == 0:
         raise SystemExit(f"{doc} has {answer.text_tokens} tokens, fewer than --length {length}")
 
-    cfg = model.config
-    options = LongContextOptions(lc.use_dynamic_ntk, lc.use_logn_attn,
-                                 window_schedule(cfg.num_layers, cfg.seq_length) if lc.window_attn else False)
+    options = long_context_options(lc, model.config)  # as the engine resolves the request's switches
     ids = torch.tensor([engine.tokenizer.encode(text)[:length]])
     start = time.perf_counter()
     with torch.inference_mode():

@@ -1,6 +1,6 @@
 """Does SDPA's bf16 CPU flash kernel keep growing with the number of keys it meets?
 
-The cascade's own-key part (model/attention.py) has as many keys as its batch is wide. This calls
+The cascade's own-key part (model/attention/sdpa.py) has as many keys as its batch is wide. This calls
 the kernel as that part does, queries padded as the engine pads them, at widths 1-2,048 in a
 scrambled order, and prints the growth of RSS (after a heap trim) every 200 calls: with the keys
 as they are, and padded with zero keys to whole blocks under -inf mask columns, as

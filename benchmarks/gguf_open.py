@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     path = args.gguf
     if path is None:
-        from qwen_eval import fixtures
+        from qwen_eval.tools import fixtures
 
         path = str(fixtures.cached_path("real-0.5b"))
     print(f"{path}\n| case | seconds | peak RSS above the imports | RSS after |\n|---|---|---|---|")

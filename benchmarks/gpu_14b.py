@@ -260,7 +260,7 @@ class Bench:
                 del hidden
                 forward_peak = self.peak_gib()
                 self.reset_peak()
-                request_s, loglik = self.timed(lambda: engine._window_loglik(ids[0].tolist(), 1, options), 1)
+                request_s, loglik = self.timed(lambda: engine.scorer.window_loglik(ids[0].tolist(), 1, options), 1)
             rows.append({"attention": variant, "length": n, "ntk_alpha": ntk_alpha(n, cfg.seq_length),
                          "forward_seconds": seconds, "forward_tflops": flops / seconds / 1e12,
                          "forward_peak_gib": forward_peak, "rolling_request_seconds": request_s,

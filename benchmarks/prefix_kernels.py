@@ -7,7 +7,7 @@ matmuls with an fp32 softmax (a bf16 profile gave the flash kernel 15% of the en
 
 The shape: every row's queries folded into one sequence per KV head (2 KV heads x 7 query heads
 x 16 questions x 80 tokens = 8,960 queries) against a subject's ~500 shared prefix keys, head
-dim 64, as SdpaKernel.cpu_cascade calls it. Each variant returns (out, lse); its error is against
+dim 64, as SdpaKernel.cascade calls it. Each variant returns (out, lse); its error is against
 the fp32 flash kernel on the same (bf16-rounded) inputs. Prints the median of --repeats.
 """
 

@@ -5,7 +5,7 @@ Two workloads, each after one warm-up pass:
          (one Choice request each: a shared prefix per subject, then the question);
   gsm8k  the first N GSM8K problems, 8-shot, greedy, a fixed number of new tokens.
 
-    python benchmarks/profile_engine.py --gguf $(python -m qwen_eval.fixtures real-0.5b) --case mmlu
+    python benchmarks/profile_engine.py --gguf $(python -m qwen_eval.tools.fixtures real-0.5b) --case mmlu
     python benchmarks/profile_engine.py --gguf ... --case gsm8k --n 16 --max-new-tokens 64 --dtype bfloat16
 
 Prints the wall time, tokens/s, and the operators with the largest self CPU time.

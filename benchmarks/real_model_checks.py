@@ -38,7 +38,7 @@ def corpus(data: Path) -> list[tuple[str, str]]:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from qwen_eval import fixtures
+    from qwen_eval.tools import fixtures
     from qwen_eval.model.gguf import gguf_tokenizer, open_gguf
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}
-GGUF=$(python -m qwen_eval.fixtures real-0.5b)
+GGUF=$(python -m qwen_eval.tools.fixtures real-0.5b)
 OUT=results/real-0.5b/runs
 MODEL="model=qwen model.path=$GGUF model.name=qwen2.5-coder-0.5b-instruct-q4"
 

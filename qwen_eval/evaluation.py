@@ -233,7 +233,9 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
     if artifacts:
         record.setdefault("artifacts", [str(p.name) for p in artifacts])
     output.write_json(out / "results.json", record)
-    (out / "table.md").write_text(output.run_table_markdown(record), encoding="utf-8")
+    from qwen_eval.table_cli import run_table_markdown  # pandas and the tables load only here
+
+    (out / "table.md").write_text(run_table_markdown(record), encoding="utf-8")
     limited = f", limit={cfg.limit}" if cfg.get("limit") is not None else ""
     print(f"{task.name} ({task.shots}-shot, {backend.name}): {output.headline_text(record)}  "
           f"[{record['n_samples']} docs{limited}, {cache_note(result, cache)}, "

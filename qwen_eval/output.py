@@ -1,4 +1,5 @@
-"""The output contract: results.json, samples.jsonl and table.md in the run folder.
+"""The output contract: results.json and samples.jsonl in the run folder (its table.md:
+qwen_eval/table_cli.py run_table_markdown).
 
 results.json keys (stable; scripts and CI read them): task, task_version, shots, protocol,
 prompt_protocol, model {name, backend, path, dtype, fingerprint, checkpoint {name, format,
@@ -82,24 +83,6 @@ def write_samples(path: Path, samples: Sequence[Sample]) -> None:
         for s in samples:
             f.write(json.dumps(_json_number(_plain(s.to_json())), ensure_ascii=False) + "\n")
     tmp.replace(path)
-
-
-def run_table_markdown(results: Mapping[str, Any]) -> str:
-    """This run beside the published numbers of the same model and protocol (the model card's,
-    when the run is of a model it reports): the columns the run fills, and the rows that report them."""
-    from qwen_eval import table_formats, tables
-
-    from qwen_eval.run_files import checkpoint_of
-
-    parts = [f"# {results['task']} ({results['shots']}-shot) — {checkpoint_of(results)['name']}\n"]
-    for table in tables.build_tables([dict(results)], stderr=True).values():
-        measured = [row for row, kind in table.attrs.get("row_kinds", {}).items() if kind == "measured"]
-        columns = [c for c in table.columns if table.loc[measured, c].notna().any()] if measured else list(table.columns)
-        rows = [r for r in table.index if table.loc[r, columns].notna().any()]
-        part = table.loc[rows, columns]
-        part.attrs = table.attrs
-        parts.append(table_formats.to_markdown(part))
-    return "\n\n".join(parts) + "\n"
 
 
 def headline_text(results: Mapping[str, Any]) -> str:

@@ -54,6 +54,11 @@ def is_fraction_metric(name: str) -> bool:
     return not _LOWER_IS_BETTER.search(name)
 
 
+def is_long_context(results: Mapping[str, Any]) -> bool:
+    """A long-context run (arxiv_ppl): its metrics are `<variant>/ppl@<length>`."""
+    return any(PPL_METRIC.match(name) for name in results.get("metrics", {}))
+
+
 def higher_is_better(name: str) -> bool:
     return is_fraction_metric(name)
 

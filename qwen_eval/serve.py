@@ -16,12 +16,13 @@ thread takes whatever requests are waiting (up to --max-batch prompts), answers 
 engine in one go, and hands each reply back to its thread. Generation is the engine's own
 (`Engine.generate`), so a greedy or seeded completion equals what `model=<same model>` produces.
 
-`logprobs` are computed by one scoring forward over prompt + completion tokens (the completion
-re-tokenized from its text, like any client would): each position's log-probability and its top-k
-alternatives over the tokenizer's vocabulary. With `echo` the prompt's tokens are reported too, the
-first one with a null log-probability, as OpenAI and vLLM do; `text_offset` counts characters of
-the returned text and a token's offset is where its first whole character begins (a character
-split over two tokens belongs to the one that completes it, as in vLLM).
+`logprobs` are computed by the engine's scoring path over prompt + completion tokens (the completion
+re-tokenized from its text, like any client would; `Engine.next_token_scores`): each position's
+log-probability (as `Engine.score_rows` scores it) and its top-k alternatives over the tokenizer's
+vocabulary. With `echo` the prompt's tokens are reported too, the first one with a null
+log-probability, as OpenAI and vLLM do; `text_offset` counts characters of the returned text and a
+token's offset is where its first whole character begins (a character split over two tokens
+belongs to the one that completes it, as in vLLM).
 
 Bad requests get HTTP 400 with an OpenAI-style {"error": {"message", "type", "param", "code"}}.
 """
@@ -42,14 +43,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Generate
 
 MAX_LOGPROBS = 20  # alternatives per position, vLLM's default cap
 MAX_N = 128
-LOSS_CHUNK_ELEMENTS = 1 << 26  # logits elements materialised at once while scoring
 
 
 class BadRequest(Exception):
@@ -136,52 +134,6 @@ def parse_completion(body: Any, served_model: str) -> Completion:
                       top_p=_number(body, "top_p", 1.0, 1e-9, 1.0), top_k=max(top_k, 0), n=n,
                       stop=tuple(s for s in stop if s), seed=_integer(body, "seed", 0, -(1 << 63), (1 << 63) - 1),
                       logprobs=_integer(body, "logprobs", None, 0, MAX_LOGPROBS), echo=echo)
-
-
-# ----------------------------------------------------------------------------------------------
-# Scoring: every position's log-probability and its top alternatives
-
-@torch.inference_mode()
-def score_tokens(model, rows: Sequence[Sequence[int]], top_k: int, *, vocab: int, max_batch_tokens: int
-                 ) -> list[list[tuple[float, list[tuple[int, float]]]]]:
-    """For each row and each position p >= 1: (log p(row[p] | row[:p]), the top_k (id, logprob)).
-
-    Rows are right-padded into batches within a token budget, longest first; alternatives are
-    drawn from the first `vocab` ids (embedding rows past the tokenizer have no text).
-    """
-    device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    groups: list[list[int]] = []
-    for i in order:  # longest first, so a group's width is its first row's length
-        if groups and len(rows[groups[-1][0]]) * (len(groups[-1]) + 1) <= max_batch_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    chunk = max(1, LOSS_CHUNK_ELEMENTS // model.config.vocab_size)
-    out: list[list[tuple[float, list[tuple[int, float]]]]] = [[] for _ in rows]
-    for group in groups:
-        width = len(rows[group[0]])
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        for b, i in enumerate(group):
-            ids[b, :len(rows[i])] = torch.tensor(list(rows[i]))
-        ids = ids.to(device)
-        lengths = torch.tensor([len(rows[i]) for i in group], device=device)
-        hidden = model(ids, lengths=lengths, return_hidden=True)
-        for b, i in enumerate(group):
-            n = len(rows[i])
-            for s in range(0, n - 1, chunk):
-                e = min(n - 1, s + chunk)
-                logits = model.logits(hidden[b, s:e]).float()
-                norm = logits.logsumexp(dim=-1, keepdim=True)  # log-softmax without a second [T, V] tensor
-                picked = (logits.gather(1, ids[b, s + 1:e + 1, None]) - norm)[:, 0].tolist()
-                if top_k:
-                    top = logits[:, :vocab].topk(top_k, dim=-1)
-                    values = (top.values - norm).tolist()
-                    alternatives = [list(zip(t, v)) for t, v in zip(top.indices.tolist(), values)]
-                else:
-                    alternatives = [[] for _ in picked]
-                out[i].extend(zip(picked, alternatives))
-    return out
 
 
 def text_offsets(token_bytes: Sequence[bytes]) -> list[int]:
@@ -275,9 +227,8 @@ class CompletionWorker:
                 samples.append((job, p, text, self.tokenizer.encode(text) if text else []))
         scored_rows = [i for i, (job, *_rest) in enumerate(samples) if job.request.logprobs is not None]
         top_k = max((samples[i][0].request.logprobs for i in scored_rows), default=0)
-        scores = score_tokens(self.engine.model, [samples[i][0].prompt_ids[samples[i][1]] + samples[i][3]
-                                                  for i in scored_rows],
-                              top_k, vocab=self.engine.decodable, max_batch_tokens=self.engine.max_batch_tokens)
+        scores = self.engine.next_token_scores([samples[i][0].prompt_ids[samples[i][1]] + samples[i][3]
+                                                for i in scored_rows], top_k)
         row_scores = dict(zip(scored_rows, scores))
 
         choices: dict[int, list[dict]] = {id(job): [] for job in jobs}

@@ -94,10 +94,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 
 def write_sweep_table(sweep_dir: Path, records: list[dict[str, Any]]) -> list[Path]:
-    from qwen_eval import table_formats, tables
+    from qwen_eval import table_formats
+    from qwen_eval.table_cli import build_tables
 
     written = []
-    for kind, table in tables.build_tables(records, stderr=True).items():
+    for kind, table in build_tables(records, stderr=True).items():
         stem = sweep_dir / (TABLE_STEM if kind == "benchmarks" else f"{TABLE_STEM}-long_context")
         written += table_formats.write_table(table, stem, formats=table_formats.FORMATS)
     return written

@@ -1,4 +1,7 @@
 """`qwen-eval-table`: leaderboards from run folders, and the README copies of them kept true.
+`build_tables` gives every table the runs call for: the benchmark leaderboard (qwen_eval/tables.py)
+and, for arxiv_ppl runs, the long-context table (tasks/arxiv_ppl_table.py); `run_table_markdown`
+is a run folder's table.md.
 
     qwen-eval-table results/runs --stderr -o board            # board.md .csv .tex .html .png
     qwen-eval-table results/runs --runs                       # one line per run: provenance, time, memory
@@ -24,11 +27,16 @@ from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import pandas as pd
+
 from qwen_eval.errors import UserError
-from qwen_eval.reference import load_long_context, load_published, load_reference
-from qwen_eval.run_files import Run, checkpoint_of, headline, is_fraction_metric, load_runs, protocol_of
+from qwen_eval.leaderboard import Results, as_runs, documents_scored
+from qwen_eval.reference import load_long_context, load_published, load_reference, split_variant
+from qwen_eval.run_files import (Run, checkpoint_of, headline, is_fraction_metric, is_long_context, load_runs,
+                                 protocol_of)
 from qwen_eval.table_formats import FORMATS, to_markdown, write_table
-from qwen_eval.tables import build_tables, documents_scored
+from qwen_eval.tables import build_table
+from qwen_eval.tasks.arxiv_ppl_table import build_long_context_table
 
 BLOCK = re.compile(r"(<!-- qwen-eval-table (?P<args>.*?) -->\n)(?P<body>.*?)(<!-- /qwen-eval-table -->)", re.DOTALL)
 
@@ -123,6 +131,54 @@ def render(args: argparse.Namespace, base: Path | None = None, report_dir: Path 
         conflicts_file = f"{Path(stem).name}.conflicts.json" if stem and table.attrs["conflicts"] else None
         out.append(to_markdown(table, conflicts_file))
     return "\n".join(out)
+
+
+def build_tables(results: Results, **options: Any) -> dict[str, pd.DataFrame]:
+    """Every table the runs call for: "benchmarks" and/or "long_context"."""
+    runs = as_runs(results)
+    long_runs = [run for run in runs if is_long_context(run.results)]
+    tables: dict[str, pd.DataFrame] = {}
+    if len(long_runs) < len(runs) or not runs:
+        bench_options = dict(options)
+        refs = options.get("references")
+        bench_refs = [r for r in (refs if refs is not None else load_published()) if r.kind == "benchmarks"]
+        known = {m for ref in bench_refs for m in ref.values.index}
+        bench_options["reference_models"] = _known(options.get("reference_models"), known)
+        if bench_options.get("reference_row") not in known:
+            bench_options["reference_row"] = None
+        tables["benchmarks"] = build_table(runs, **bench_options)
+    if long_runs:
+        long_options = dict(options)
+        refs = options.get("references")
+        long_refs = [r for r in (refs if refs is not None else [load_long_context()]) if r.kind == "long_context"]
+        known = {split_variant(label)[0] for ref in long_refs for label in ref.values.index}
+        long_options["reference_models"] = _known(options.get("reference_models"), known)
+        if long_options.get("reference_row") not in known:
+            long_options["reference_row"] = None  # a benchmark-table row (e.g. LLaMA2-7B) the long-context table lacks
+        tables["long_context"] = build_long_context_table(long_runs, **long_options)
+    return tables
+
+
+def _known(names: Sequence[str] | None, known: set[str]) -> list[str] | None:
+    """The names of `names` one kind of table has (`--reference-models` serves both tables)."""
+    if names is None:
+        return None
+    unknown = [n for n in names if not any(n == k for k in known)]
+    return [n for n in names if n not in unknown] if len(unknown) < len(names) else list(names)
+
+
+def run_table_markdown(results: Mapping[str, Any]) -> str:
+    """This run beside the published numbers of the same model and protocol (the model card's,
+    when the run is of a model it reports): the columns the run fills, and the rows that report them."""
+    parts = [f"# {results['task']} ({results['shots']}-shot) — {checkpoint_of(results)['name']}\n"]
+    for table in build_tables([dict(results)], stderr=True).values():
+        measured = [row for row, kind in table.attrs.get("row_kinds", {}).items() if kind == "measured"]
+        columns = [c for c in table.columns if table.loc[measured, c].notna().any()] if measured else list(table.columns)
+        rows = [r for r in table.index if table.loc[r, columns].notna().any()]
+        part = table.loc[rows, columns]
+        part.attrs = table.attrs
+        parts.append(to_markdown(part))
+    return "\n\n".join(parts) + "\n"
 
 
 def runs_table(runs: Sequence[Run], base: Path | None = None) -> str:

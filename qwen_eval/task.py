@@ -70,11 +70,12 @@ class Sample:
 
 @dataclass(frozen=True)
 class FewShot:
-    """A k-shot prompt in its parts, the way lm-eval models one. As plain text it is
-    `description`, then each shot's question + target_delimiter + answer + shot_delimiter, then
-    `question`: byte for byte the task's own prompt. As chat turns (`chat.fewshot_as_multiturn`)
-    the description is a system turn, each shot a user turn and an assistant turn, and the
-    question the last user turn; the delimiters go, as lm-eval's `--fewshot_as_multiturn` drops them."""
+    """A k-shot prompt in its parts, the way lm-eval models one: the one source of a task's
+    k-shot prompt. As plain text (`Task.prompt`) it is `description`, then each shot's question +
+    target_delimiter + answer + shot_delimiter, then `question`. As chat turns
+    (`chat.fewshot_as_multiturn`) the description is a system turn, each shot a user turn and an
+    assistant turn, and the question the last user turn; the delimiters go, as lm-eval's
+    `--fewshot_as_multiturn` drops them."""
 
     description: str
     shots: tuple[tuple[str, str], ...]
@@ -221,24 +222,31 @@ class Task(ABC):
         """The requests one document needs (usually one)."""
 
     def fewshot(self, doc: Doc) -> FewShot | None:
-        """The prompt of `doc` in its parts (None: the task has no k-shot text prompt). Where it
-        is defined, `fewshot(doc).text()` equals the context of `requests(doc)`."""
+        """The k-shot prompt of `doc` in its parts, the one place a task builds it: `prompt(doc)`
+        is its text and chat.fewshot_as_multiturn asks its turns. None: the task's prompt is no
+        k-shot text (it defines `prompt` itself)."""
         return None
 
+    def prompt(self, doc: Doc) -> str:
+        """The text the model is asked for `doc` (samples.jsonl's `prompt`): `fewshot(doc).text()`.
+        A task whose prompt is no k-shot text overrides this."""
+        parts = self.fewshot(doc)
+        if parts is None:
+            raise NotImplementedError(f"task {self.name} has no k-shot prompt: it defines prompt() itself")
+        return parts.text()
+
     def requests_for(self, doc: Doc) -> list[Request]:
-        """`requests(doc)` as this run asks them: with `fewshot_as_multiturn`, a request whose
-        context is the k-shot prompt is asked as chat turns instead (the backend renders them)."""
+        """`requests(doc)` as this run asks them: with `fewshot_as_multiturn`, each request that
+        asks in text (a task with FewShot parts asks its `prompt(doc)` so) is asked in the parts'
+        chat turns instead (the backend renders them)."""
         requests = self.requests(doc)
         if not self.fewshot_as_multiturn:
             return requests
         parts = self.fewshot(doc)
-        if parts is None:
+        asks = [r.kind != "rolling" and bool(r.context) for r in requests]
+        if parts is None or not any(asks):
             raise UserError(f"chat.fewshot_as_multiturn=true: task {self.name} has no few-shot text prompt to "
                             f"split into turns; leave chat.fewshot_as_multiturn false for it")
-        text = parts.text()
-        asks = [r.kind != "rolling" and r.context == text for r in requests]
-        if not any(asks):
-            raise RuntimeError(f"task {self.name} {doc.doc_id}: fewshot(doc) does not rebuild the prompt of requests(doc)")
         turns = parts.messages(self.chat_system)
         return [replace(r, context="", messages=turns) if ask else r for r, ask in zip(requests, asks)]
 

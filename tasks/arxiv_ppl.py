@@ -35,8 +35,9 @@ error of the ratio estimator total NLL / total tokens; null with fewer than two 
 `<variant>/docs@<L>` (documents scored) and `skipped@<L>` (documents shorter than L). The
 headline is the last variant at the largest length (by default
 `dynamic_ntk+logn+window_attn/ppl@32768`, the model card's best row at its longest context).
-`write_artifacts` writes the table (rows = variants, columns = lengths, the model card's rows
-beside them) as long_context.md/.csv and a log-scale plot long_context.png.
+`write_artifacts` writes the long-context table (tasks/arxiv_ppl_table.py: rows = variants, columns
+= lengths, the model card's rows beside them) as long_context.md/.csv and a log-scale plot
+long_context.png.
 """
 
 from __future__ import annotations
@@ -309,7 +310,7 @@ class ArxivPerplexity(Task):
     def write_artifacts(self, out_dir: Path, record: Mapping[str, Any]) -> list[Path]:
         """long_context.md/.csv (measured rows beside the model card's) and long_context.png."""
         from qwen_eval.table_formats import plot_table, write_table
-        from qwen_eval.tables import build_long_context_table
+        from qwen_eval.tasks.arxiv_ppl_table import build_long_context_table
 
         table = build_long_context_table([record])
         stem = Path(out_dir) / "long_context"

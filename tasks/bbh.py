@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from qwen_eval.data import load_hub_dataset, local_dir, require_file, sample_dir
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import add_metric, group_by, macro_stderr, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
 from qwen_eval.task import DataSpec, FewShot, Sample, Task
+from qwen_eval.tasks.scoring.metrics import add_metric, group_by, macro_stderr, mean_stderr
 
 # task -> answer type
 TASKS: dict[str, str] = {
@@ -86,13 +86,22 @@ class BBHDoc:
 COT_ANSWER = "\nA: Let's think step by step."  # ends every question of the CoT prompts
 
 
-def read_cot_prompt(path: Path) -> str:
-    """The worked examples of a CoT prompt file: everything after its `-----` line."""
+def read_cot_prompt(path: Path) -> FewShot:
+    """A CoT prompt file (everything after its `-----` line) split at its questions: the task
+    description, then each worked example as "Q: ...\\nA: Let's think step by step." and its
+    reasoning; the question is left empty (`BBH.fewshot` fills it in)."""
     text = require_file(path, "BBH chain-of-thought prompt").read_text(encoding="utf-8")
     head, sep, rest = text.partition("\n-----\n")
     if not sep:
         raise UserError(f"{path}: no '-----' line after the canary; expected the BIG-Bench-Hard cot-prompts layout")
-    return rest
+    description, *examples = rest.split("\n\nQ: ")
+    pairs = [e.partition(COT_ANSWER)[::2] for e in examples]
+    delimiters = {a[:1] for _, a in pairs}  # "\n", or " " in sports_understanding
+    if len(delimiters) != 1 or not delimiters <= {"\n", " "}:
+        raise UserError(f"{path}: its examples do not each read 'Q: ...{COT_ANSWER!r} <reasoning>'; "
+                        f"restore the cot-prompts file")
+    shots = tuple(("Q: " + q + COT_ANSWER, a[1:]) for q, a in pairs)
+    return FewShot(description + "\n\n", shots, "", target_delimiter=delimiters.pop())
 
 
 # --- answers ------------------------------------------------------------------------------------------
@@ -172,7 +181,7 @@ class BBH(Task):
         if unknown or not self.tasks:
             raise UserError(f"task.subtasks: {unknown[0] if unknown else '(empty)'!r} is not a BBH task; valid: {', '.join(TASKS)}")
         self.max_new_tokens = int(self.options["max_new_tokens"])
-        self.cot_prompts: dict[str, str] = {}
+        self.cot_prompts: dict[str, FewShot] = {}
 
     # --- data ---
 
@@ -217,26 +226,15 @@ class BBH(Task):
 
     # --- prompt ---
 
-    def prompt(self, doc: BBHDoc) -> str:
-        return self.cot_prompt(doc.task) + f"\n\nQ: {doc.input}{COT_ANSWER}"
-
-    def cot_prompt(self, task: str) -> str:
-        """The worked examples of `task`'s CoT prompt (read by `load`, else from the package)."""
+    def cot_prompt(self, task: str) -> FewShot:
+        """`task`'s CoT prompt in its parts (read by `load`, else from the package)."""
         if task not in self.cot_prompts:  # documents made without `load`: the package's prompts
             self.cot_prompts[task] = read_cot_prompt(sample_dir(self.name) / "cot-prompts" / f"{task}.txt")
         return self.cot_prompts[task]
 
     def fewshot(self, doc: BBHDoc) -> FewShot:
-        """The CoT prompt file split at its questions: the task description, then each worked
-        example as "Q: ...\\nA: Let's think step by step." and its reasoning."""
-        description, *examples = self.cot_prompt(doc.task).split("\n\nQ: ")
-        pairs = [e.partition(COT_ANSWER)[::2] for e in examples]
-        delimiters = {a[:1] for _, a in pairs}  # "\n", or " " in sports_understanding
-        if len(delimiters) != 1 or not delimiters <= {"\n", " "}:
-            raise UserError(f"BBH {doc.task}: its CoT prompt's examples do not each read "
-                            f"'Q: ...{COT_ANSWER!r} <reasoning>'; restore the cot-prompts file")
-        shots = tuple(("Q: " + q + COT_ANSWER, a[1:]) for q, a in pairs)
-        return FewShot(description + "\n\n", shots, f"Q: {doc.input}{COT_ANSWER}", target_delimiter=delimiters.pop())
+        """The task's CoT prompt, then `Q: {input}\\nA: Let's think step by step.`"""
+        return replace(self.cot_prompt(doc.task), question=f"Q: {doc.input}{COT_ANSWER}")
 
     def requests(self, doc: BBHDoc) -> list[Generate]:
         return [Generate(self.prompt(doc), stop=STOP, max_new_tokens=self.max_new_tokens, temperature=0.0)]

@@ -17,12 +17,10 @@ subjects; `subject/<name>/acc`.
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from qwen_eval.task import FewShot, Sample
 from qwen_eval.tasks.chat_choice import ceval_question, ceval_letter
-from qwen_eval.tasks.multiple_choice import (LETTERS, CsvLayout, MCDoc, MultipleChoiceTask, Question,
-                                             add_macro_metric, add_subject_metrics, per_subject_scores)
+from qwen_eval.tasks.multiple_choice import ChineseExamTask, CsvLayout, MCDoc
+
+CATEGORIES = ("stem", "social_sciences", "humanities", "other")
 
 # subject -> category, from the C-Eval repo's subject_mapping.json (which leaves clinical_medicine
 # without a category; Qwen's evaluate_ceval.py puts it in Other, as here).
@@ -81,8 +79,6 @@ SUBJECTS: dict[str, str] = {
     "physician": "other",
 }
 
-CATEGORIES = ("stem", "social_sciences", "humanities", "other")
-
 # C-Eval Hard: the eight mathematics, physics and chemistry subjects the paper singles out.
 HARD_SUBJECTS = (
     "advanced_mathematics", "discrete_mathematics", "probability_and_statistics", "college_chemistry",
@@ -90,15 +86,7 @@ HARD_SUBJECTS = (
 )
 
 
-def format_question(question: Question, *, with_answer: bool) -> str:
-    """The Chinese question block shared by C-Eval and CMMLU (full-width colons, no space)."""
-    text = "问题：" + question.text
-    for letter, choice in zip(LETTERS, question.choices):
-        text += f"\n{letter}. {choice}"
-    return text + (f"\n答案：{question.answer}\n\n" if with_answer else "\n答案：")
-
-
-class CEval(MultipleChoiceTask):
+class CEval(ChineseExamTask):
     name = "ceval"
     headline = "acc"
     model_card_column = "C-Eval"
@@ -109,30 +97,11 @@ class CEval(MultipleChoiceTask):
     file_pattern = "{split}/{subject}_{split}.csv"
     eval_split = "val"
     hub_id = "ceval/ceval-exam"
-    continuations = ("A", "B", "C", "D")
+    groups = {**{category: [s for s, c in SUBJECTS.items() if c == category] for category in CATEGORIES},
+              "hard": HARD_SUBJECTS}
 
     def chat_question(self, doc: MCDoc) -> str:
         return ceval_question(doc.question.text, doc.question.choices)
 
     def chat_letter(self, reply: str, doc: MCDoc) -> str:
         return ceval_letter(reply, doc.question.text, doc.question.choices)
-
-    def prompt(self, doc: MCDoc) -> str:
-        return "".join(format_question(shot, with_answer=True) for shot in doc.shots) + \
-            format_question(doc.question, with_answer=False)
-
-    def fewshot(self, doc: MCDoc) -> FewShot | None:
-        if self.prompt_style != "base":
-            return None
-        return FewShot("", tuple((format_question(s, with_answer=False), s.answer) for s in doc.shots),
-                       format_question(doc.question, with_answer=False), target_delimiter="")
-
-    def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
-        scores = per_subject_scores(samples)
-        metrics: dict[str, float] = {}
-        add_macro_metric(metrics, "acc", scores, list(SUBJECTS))
-        for category in CATEGORIES:
-            add_macro_metric(metrics, f"{category}/acc", scores, [s for s, c in SUBJECTS.items() if c == category])
-        add_macro_metric(metrics, "hard/acc", scores, HARD_SUBJECTS)
-        add_subject_metrics(metrics, scores)
-        return metrics

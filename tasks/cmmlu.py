@@ -17,12 +17,7 @@ other four: a subject counts in its main category and, when marked, in china_spe
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from qwen_eval.task import FewShot, Sample
-from qwen_eval.tasks.ceval import format_question
-from qwen_eval.tasks.multiple_choice import (CsvLayout, MCDoc, MultipleChoiceTask, add_macro_metric,
-                                             add_subject_metrics, per_subject_scores)
+from qwen_eval.tasks.multiple_choice import ChineseExamTask, CsvLayout
 
 # subject -> subcategories, and category -> subcategories: haonan-li/CMMLU src/categories.py
 # (the same tables as Qwen's evaluate_cmmlu.py), in the repository's subject order.
@@ -110,34 +105,15 @@ def subjects_of(category: str) -> list[str]:
     return [s for s, subcategories in SUBJECTS.items() if set(subcategories) & set(CATEGORIES[category])]
 
 
-class CMMLU(MultipleChoiceTask):
+class CMMLU(ChineseExamTask):
     name = "cmmlu"
     headline = "acc"
     model_card_column = "CMMLU"
     version = "1"
 
     subjects = SUBJECTS
-    layout = CsvLayout(question="Question", answer="Answer")  # Qwen: pd.read_csv(path), header row
+    layout = CsvLayout(question="Question", answer="Answer")  # Qwen: pd.read_csv(path); column 0 is a row index
     file_pattern = "{split}/{subject}.csv"
     eval_split = "test"
     hub_id = "haonan-li/cmmlu"
-    continuations = ("A", "B", "C", "D")
-
-    def prompt(self, doc: MCDoc) -> str:
-        return "".join(format_question(shot, with_answer=True) for shot in doc.shots) + \
-            format_question(doc.question, with_answer=False)
-
-    def fewshot(self, doc: MCDoc) -> FewShot | None:
-        if self.prompt_style != "base":
-            return None
-        return FewShot("", tuple((format_question(s, with_answer=False), s.answer) for s in doc.shots),
-                       format_question(doc.question, with_answer=False), target_delimiter="")
-
-    def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
-        scores = per_subject_scores(samples)
-        metrics: dict[str, float] = {}
-        add_macro_metric(metrics, "acc", scores, list(SUBJECTS))
-        for category in CATEGORIES:
-            add_macro_metric(metrics, f"{category}/acc", scores, subjects_of(category))
-        add_subject_metrics(metrics, scores)
-        return metrics
+    groups = {category: subjects_of(category) for category in CATEGORIES}

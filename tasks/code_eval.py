@@ -1,12 +1,13 @@
 """What HumanEval, MBPP and MBPP+ share: sampling options, running programs in the sandbox, pass@k.
 
-A code task says how a document becomes a prompt (`prompt`), which stop strings end a completion
-(`stop`) and which programs check a completion (`checks`: by default one, `program`); this module
-asks the model for `task.n` completions per document, runs every program in qwen_eval.sandbox (all
-documents at once, in parallel: `score_many`), and reports pass@k with Chen et al.'s unbiased
-estimator, for each metric the task names (`passes`: the headline "pass", and e.g. "raw_pass").
-Each sample records, per completion, the program that ran for the reported verdict, its sandbox
-outcome and the reason it failed (`record`).
+A code task says how a document becomes a prompt (`prompt`, or MBPP's k-shot `fewshot` parts),
+which stop strings end a completion (`stop`) and which programs check a completion (`checks`: by
+default one, `program`); this module asks the model for `task.n` completions per document, runs
+every program in the sandbox (tasks/scoring/sandbox.py; all documents at once, in parallel:
+`score_many`), and reports pass@k with Chen et al.'s unbiased estimator, for each metric the task
+names (`passes`: the headline "pass", and e.g. "raw_pass"). Each sample records, per completion,
+the program that ran for the reported verdict, its sandbox outcome and the reason it failed
+(`record`).
 
 Options (under `task:`):
   n               completions per problem (1 = greedy, the model card's pass@1)
@@ -15,7 +16,8 @@ Options (under `task:`):
   k               pass@k values to report (null = 1, 10, 100, those <= n); pass@1 is always reported
   max_new_tokens  generation budget per completion
   sandbox         workers, timeout, memory_mb, cpu_seconds, file_size_mb, disk_mb, open_files,
-                  max_processes, output_bytes, user, python (see qwen_eval/sandbox.py)
+                  max_processes, output_bytes, user, python (tasks/scoring/sandbox.py's SandboxOptions,
+                  confinement.py's Limits)
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import add_metric, mean_stderr, pass_at_k
 from qwen_eval.requests import Generate, GenerateResult, Response
-from qwen_eval.sandbox import DEFAULT_USER, Limits, Outcome, Sandbox, SandboxOptions
 from qwen_eval.task import Doc, Sample, Task
+from qwen_eval.tasks.scoring.confinement import Limits
+from qwen_eval.tasks.scoring.metrics import add_metric, mean_stderr, pass_at_k
+from qwen_eval.tasks.scoring.sandbox import DEFAULT_USER, Outcome, Sandbox, SandboxOptions
 
 DEFAULT_K = (1, 10, 100)
 SANDBOX_LIMITS = ("timeout", "memory_mb", "cpu_seconds", "file_size_mb", "disk_mb", "open_files", "max_processes",
@@ -182,10 +185,6 @@ class CodeTask(Task):
     stop: tuple[str, ...] = ()
     # the pass@k metrics reported: "pass" (the headline) and any others `passes` names
     metric_stems: tuple[str, ...] = ("pass",)
-
-    @abstractmethod
-    def prompt(self, doc: Doc) -> str:
-        """The text the model continues."""
 
     @abstractmethod
     def program(self, doc: Doc, completion: str) -> str:

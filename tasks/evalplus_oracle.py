@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from qwen_eval.sandbox import Outcome, Sandbox
+from qwen_eval.tasks.scoring.sandbox import Outcome, Sandbox
 from qwen_eval.tasks.code_eval import Check, run_checks
 
 CHECKER_FILE = Path(__file__).with_name("evalplus_check.py")

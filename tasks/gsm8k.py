@@ -37,14 +37,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file, sample_dir
+from qwen_eval.data import jsonl_rows, load_hub_dataset, local_file, sample_dir
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import add_metric, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
 from qwen_eval.task import DataSpec, FewShot, Sample, Task
+from qwen_eval.tasks.scoring.metrics import add_metric, mean_stderr
 
 STOP = ("<|endoftext|>", "\n\n\n", "\n\n", "Question:")
 EXTRACTORS = ("qwen", "strict")
@@ -64,18 +63,15 @@ class GSM8KDoc:
     gold: str  # N with commas removed
 
 
-def fewshot_prompt() -> str:
-    return (sample_dir("gsm8k") / "qwen_8shot_prompt.txt").read_text(encoding="utf-8")
-
-
-def chat_fewshot_prompt() -> str:
-    """The four worked examples of Qwen's chat script (--use-fewshot), each ending in a blank line."""
-    return (sample_dir("gsm8k") / "qwen_chat_4shot_prompt.txt").read_text(encoding="utf-8")
-
-
-def exemplars() -> list[str]:
-    """The prompt's eight worked examples, in order."""
-    return fewshot_prompt().rstrip("\n").split("\n\n")
+def worked_examples(file_name: str) -> tuple[tuple[str, str], ...]:
+    """The worked examples of a prompt file in data/gsm8k/, in order, each split into its question
+    line(s), ending "Let's think step by step", and its worked answer. The files hold the examples
+    separated by blank lines: qwen_8shot_prompt.txt (Qwen's eval/gsm8k_prompt.txt, ending in a
+    newline) and qwen_chat_4shot_prompt.txt (the chat script's --use-fewshot examples, each
+    followed by a blank line)."""
+    text = (sample_dir("gsm8k") / file_name).read_text(encoding="utf-8")
+    return tuple((q + "\n" + COT_TRIGGER, a) for q, a in
+                 (e.split("\n" + COT_TRIGGER + "\n", 1) for e in text.rstrip("\n").split("\n\n")))
 
 
 def gold_number(answer: str, origin: str) -> str:
@@ -166,13 +162,10 @@ class GSM8K(Task):
             self.shots = 0  # the chat protocol asks the question alone
         elif self.prompt_style == "qwen_chat_fewshot":
             self.shots = 4  # the script's own four examples, whatever shots says
-        shots = exemplars()[:self.shots] if self.prompt_style == "base" else []
-        # shots=8 is the file byte for byte (it ends in "\n"); fewer keep the first k examples.
-        self.prefix = "\n\n".join(shots) + "\n" if shots else ""
-        # the same shots as (question line, worked answer), for chat.fewshot_as_multiturn
-        self.shot_pairs = tuple((q + "\n" + COT_TRIGGER, a) for q, a in
-                                (e.split("\n" + COT_TRIGGER + "\n", 1) for e in shots))
-        self.chat_prefix = chat_fewshot_prompt() if self.prompt_style == "qwen_chat_fewshot" else ""
+        # base: the first k of Qwen's eight examples (shots=8 is its file byte for byte)
+        self.shot_pairs = (worked_examples("qwen_8shot_prompt.txt")[:self.shots] if self.prompt_style == "base"
+                           else worked_examples("qwen_chat_4shot_prompt.txt") if self.prompt_style == "qwen_chat_fewshot"
+                           else ())
 
     # --- data ---
 
@@ -190,16 +183,10 @@ class GSM8K(Task):
         return load_hub_dataset(self.name, HUB_ID, HUB_CONFIG, "test"), f"hub {HUB_ID}/{HUB_CONFIG} test"
 
     def read_sample(self) -> tuple[list, str]:
-        path = sample_dir(self.name) / "test.jsonl"
-        return read_jsonl(path), str(path)
+        return jsonl_rows(sample_dir(self.name) / "test.jsonl")
 
     def read_local(self, path: str | None) -> tuple[list, str]:
-        file = self._local_file(path)
-        return read_jsonl(file), str(file)
-
-    def _local_file(self, path: str | None) -> Path:
-        p = local_dir(path, self.name)
-        return require_file(p / "test.jsonl" if p.is_dir() else p, "GSM8K test file (test.jsonl)")
+        return jsonl_rows(local_file(path, self.name, "test.jsonl", "GSM8K test file (test.jsonl)"))
 
     # --- prompt ---
 
@@ -207,18 +194,18 @@ class GSM8K(Task):
     def uses_chat(self) -> bool:
         return self.prompt_style != "base"
 
-    def prompt(self, doc: GSM8KDoc) -> str:
-        if self.prompt_style == "qwen_chat":
-            return doc.question
-        if self.prompt_style == "qwen_chat_fewshot":
-            return self.chat_prefix + "Question: " + doc.question + "\n" + COT_TRIGGER
-        text = self.prefix + "\nQuestion: " + doc.question + "\n" + COT_TRIGGER + "\n"
-        return text if self.prefix else text[1:]  # zero-shot: no blank line before the question
-
     def fewshot(self, doc: GSM8KDoc) -> FewShot | None:
-        if self.prompt_style != "base":
+        """Base: Qwen's `doc_to_text`, the examples then "Question: ...\\nLet's think step by step\\n".
+        qwen_chat_fewshot: the chat script's one user turn, the same question line without the
+        final newline. qwen_chat asks the question alone (no k-shot prompt)."""
+        if self.prompt_style == "qwen_chat":
             return None
-        return FewShot("", self.shot_pairs, "Question: " + doc.question + "\n" + COT_TRIGGER + "\n", target_delimiter="\n")
+        question = "Question: " + doc.question + "\n" + COT_TRIGGER
+        return FewShot("", self.shot_pairs, question + "\n" if self.prompt_style == "base" else question,
+                       target_delimiter="\n")
+
+    def prompt(self, doc: GSM8KDoc) -> str:
+        return doc.question if self.prompt_style == "qwen_chat" else super().prompt(doc)
 
     def requests(self, doc: GSM8KDoc) -> list[Generate]:
         if self.prompt_style != "base":

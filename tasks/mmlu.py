@@ -19,14 +19,11 @@ categories; `subject/<name>/acc`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import add_metric, mean_stderr
-from qwen_eval.task import FewShot, Sample
 from qwen_eval.tasks.chat_choice import mmlu_question, mmlu_letter
-from qwen_eval.tasks.multiple_choice import (LETTERS, CsvLayout, MCDoc, MultipleChoiceTask, Question,
-                                             add_subject_metrics, per_subject_scores)
+from qwen_eval.tasks.multiple_choice import LETTERS, CsvLayout, MCDoc, MultipleChoiceTask
 
 # subject -> subcategory, and category -> subcategories: the hendrycks/test categories.py mapping.
 # Qwen's evaluate_mmlu.py lists anatomy under STEM; the hendrycks mapping (used here) puts it in
@@ -104,15 +101,6 @@ def category_of(subject: str) -> str:
     return category
 
 
-def format_question(question: Question, *, with_answer: bool) -> str:
-    text = "Question: " + question.text
-    for letter, choice in zip(LETTERS, question.choices):
-        text += f"\n{letter}. {choice}"
-    # Shots end "Answer: X\n\n"; the query ends "Answer:" with no trailing space, because the
-    # scored continuations carry the space (" A").
-    return text + (f"\nAnswer: {question.answer}\n\n" if with_answer else "\nAnswer:")
-
-
 class MMLU(MultipleChoiceTask):
     name = "mmlu"
     headline = "acc"
@@ -125,25 +113,19 @@ class MMLU(MultipleChoiceTask):
     file_pattern = "{split}/{subject}_{split}.csv"
     eval_split = "test"
     hub_id = "cais/mmlu"
-    continuations = (" A", " B", " C", " D")
+    description = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+    # The query ends "Answer:" with no trailing space: the shots' answers and the scored
+    # continuations carry it (" A").
+    question_format = "Question: {question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:"
+    target_delimiter = " "
+    average = "micro"
+    groups = {category: [s for s in SUBJECTS if category_of(s) == category] for category in CATEGORIES}
 
     def chat_question(self, doc: MCDoc) -> str:
         return mmlu_question(doc.question.text, doc.question.choices)
 
     def chat_letter(self, reply: str, doc: MCDoc) -> str:
         return mmlu_letter(reply, doc.question.choices)
-
-    def prompt(self, doc: MCDoc) -> str:
-        header = f"The following are multiple choice questions (with answers) about {doc.subject.replace('_', ' ')}.\n\n"
-        shots = "".join(format_question(shot, with_answer=True) for shot in doc.shots)
-        return header + shots + format_question(doc.question, with_answer=False)
-
-    def fewshot(self, doc: MCDoc) -> FewShot | None:
-        if self.prompt_style != "base":
-            return None
-        return FewShot(f"The following are multiple choice questions (with answers) about {doc.subject.replace('_', ' ')}.\n\n",
-                       tuple((format_question(s, with_answer=False), s.answer) for s in doc.shots),
-                       format_question(doc.question, with_answer=False), target_delimiter=" ")
 
     def hub_records(self, rows: list[dict[str, Any]], origin: str) -> list[Mapping[str, Any]]:
         """cais/mmlu rows {question, subject, choices: [4], answer: 0-3} in the CSV's columns."""
@@ -156,14 +138,3 @@ class MMLU(MultipleChoiceTask):
             records.append({"question": item.get("question"), **dict(zip(LETTERS, choices)),
                             "answer": LETTERS[answer]})
         return records
-
-    def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
-        scores = per_subject_scores(samples)
-        metrics: dict[str, float] = {}
-        add_metric(metrics, "acc", mean_stderr([s.score for s in samples]))
-        for category in CATEGORIES:
-            in_category = [x for subject, xs in scores.items() if category_of(subject) == category for x in xs]
-            if in_category:
-                add_metric(metrics, f"{category}/acc", mean_stderr(in_category))
-        add_subject_metrics(metrics, scores)
-        return metrics

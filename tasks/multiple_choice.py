@@ -1,4 +1,5 @@
-"""What MMLU, C-Eval and CMMLU share: four-choice questions read from the upstream CSVs, one
+"""What MMLU, C-Eval and CMMLU share: four-choice questions read from the upstream CSVs, the
+k-shot prompt built from each benchmark's description, question format and target delimiter, one
 single-token `Choice` request per question, subject-grouped accuracy.
 
 Reading follows Qwen's evaluation scripts (QwenLM/Qwen eval/evaluate_{mmlu,ceval,cmmlu}.py): they
@@ -12,8 +13,6 @@ error naming the file and row, whichever protocol renders it.
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import csv
 import io
 import logging
@@ -24,10 +23,10 @@ from typing import Any, ClassVar, Iterator, Mapping, NoReturn, Sequence
 
 from qwen_eval.data import load_hub_dataset, local_dir, require_file, sample_dir
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import add_metric, group_by, macro_stderr, mean_stderr
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Response
+from qwen_eval.task import DataSpec, FewShot, Sample, Task
 from qwen_eval.tasks.chat_choice import MAX_NEW_TOKENS as CHAT_MAX_NEW_TOKENS
-from qwen_eval.task import DataSpec, Sample, Task
+from qwen_eval.tasks.scoring.metrics import add_metric, group_by, macro_stderr, mean_stderr
 
 LETTERS = ("A", "B", "C", "D")
 PROTOCOLS = ("qwen", "clean")
@@ -198,10 +197,16 @@ def add_macro_metric(metrics: dict[str, float], name: str, scores: Mapping[str, 
 
 
 class MultipleChoiceTask(Task):
-    """A subject-grouped four-choice benchmark in Qwen's protocol; subclasses give the data facts
-    (subjects, file layout, hub id), the prompt and the metrics.
+    """A subject-grouped four-choice benchmark in Qwen's protocol; subclasses declare, as data, the
+    data facts (subjects, file layout, hub id), the prompt and the metrics' groups.
 
     file_pattern: where a subject's split lives under the data folder, e.g. "{split}/{subject}.csv".
+    description: the prompt's first line(s), `{subject}` the subject with "_" -> " " ("" for none).
+    question_format: one question's block up to its answer, with `{question}` and `{A}`..`{D}`.
+    target_delimiter: what stands between a question's block and its answer letter, in the shots
+      and in the scored continuations (" A" after MMLU's "Answer:", "A" after C-Eval's "答案：").
+    average: "micro" (over questions) or "macro" (the mean of the subjects' accuracies), for `acc`
+      and for each group; groups: group name -> its subjects (`<group>/acc`).
     """
 
     default_shots = 5
@@ -213,7 +218,11 @@ class MultipleChoiceTask(Task):
     file_pattern: ClassVar[str]
     eval_split: ClassVar[str]  # "test" or "val"
     hub_id: ClassVar[str]
-    continuations: ClassVar[tuple[str, ...]]
+    description: ClassVar[str] = ""
+    question_format: ClassVar[str]
+    target_delimiter: ClassVar[str]
+    average: ClassVar[str]
+    groups: ClassVar[Mapping[str, Sequence[str]]]
 
     def __init__(self, options: Mapping[str, Any] | None = None, *, shots: int | None = None,
                  protocol: str = "qwen", seed: int = 1234):
@@ -253,9 +262,22 @@ class MultipleChoiceTask(Task):
         raise UserError(f"task.prompt=qwen_chat: Qwen's chat protocol exists for mmlu and ceval, not {self.name}; "
                         f"use chat.enabled=true to ask {self.name}'s prompt in a chat turn")
 
-    @abstractmethod
-    def prompt(self, doc: MCDoc) -> str:
-        """The benchmark's prompt for one question, its shots included."""
+    # the prompt
+
+    @property
+    def continuations(self) -> tuple[str, ...]:
+        """The scored continuations: each letter as a shot's answer follows its question."""
+        return tuple(self.target_delimiter + letter for letter in LETTERS)
+
+    def format_question(self, question: Question) -> str:
+        return self.question_format.format(question=question.text, **dict(zip(LETTERS, question.choices)))
+
+    def fewshot(self, doc: MCDoc) -> FewShot | None:
+        if self.prompt_style != "base":
+            return None
+        return FewShot(self.description.format(subject=doc.subject.replace("_", " ")),
+                       tuple((self.format_question(shot), shot.answer) for shot in doc.shots),
+                       self.format_question(doc.question), target_delimiter=self.target_delimiter)
 
     # data
 
@@ -363,3 +385,30 @@ class MultipleChoiceTask(Task):
         return Sample(doc_id=doc.doc_id, prompt=self.chat_question(doc), target=doc.question.answer, response=reply,
                       prediction=prediction, score=float(prediction == doc.question.answer),
                       extra={"subject": doc.subject, "protocol": self.protocol, "prompt_style": self.prompt_style})
+
+    def aggregate(self, samples: Sequence[Sample]) -> dict[str, float]:
+        scores = per_subject_scores(samples)
+        metrics: dict[str, float] = {}
+        if self.average == "micro":
+            add_metric(metrics, "acc", mean_stderr([s.score for s in samples]))
+            for group, subjects in self.groups.items():
+                members = set(subjects)
+                in_group = [x for subject, xs in scores.items() if subject in members for x in xs]
+                if in_group:
+                    add_metric(metrics, f"{group}/acc", mean_stderr(in_group))
+        else:
+            add_macro_metric(metrics, "acc", scores, list(self.subjects))
+            for group, subjects in self.groups.items():
+                add_macro_metric(metrics, f"{group}/acc", scores, subjects)
+        add_subject_metrics(metrics, scores)
+        return metrics
+
+
+class ChineseExamTask(MultipleChoiceTask):
+    """C-Eval and CMMLU as Qwen's eval/evaluate_{ceval,cmmlu}.py ask them: no description line, each
+    question block ending "答案：" with its letter right after it (no space), and accuracy
+    macro-averaged over the subjects."""
+
+    question_format = "问题：{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n答案："
+    target_delimiter = ""
+    average = "macro"

@@ -8,6 +8,10 @@ is an edge to that module.
 - No import cycle among the package's modules, counting every import: module level and the
   imports inside functions alike (a lazy import still means the two modules depend on each other).
 - No module under model/ imports qwen_eval.backends (the model sits below the backends).
+- The NEVER rules: a run flows conf -> task -> requests -> backend -> records -> tables, so tasks
+  see neither a backend nor the model, tasks and the benchmark leaderboard never import each other
+  (what both need of a table is qwen_eval/leaderboard.py, below both), and nothing imports the
+  development tools of qwen_eval/tools.
 - No hook is looked up with `getattr(obj, "<hook>"...)`: hooks are declared methods of the
   Task and Backend base classes (qwen_eval/task.py, qwen_eval/backends/base.py).
 
@@ -138,6 +142,36 @@ def test_the_cycle_finder_finds_a_cycle():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("qwen_eval.model")))
 def test_the_model_never_imports_the_backends(module):
     assert not [t for t in GRAPH[module] if t == "qwen_eval.backends" or t.startswith("qwen_eval.backends.")]
+
+
+# (modules whose name starts with this, must never import a module starting with this): the
+# importer's own subpackage excepted (qwen_eval.tools may import qwen_eval.tools)
+NEVER = (
+    ("qwen_eval.tasks", "qwen_eval.backends"),
+    ("qwen_eval.tasks", "qwen_eval.model"),
+    ("qwen_eval.tasks", "qwen_eval.tables"),
+    ("qwen_eval.tasks", "qwen_eval.table_cli"),
+    ("qwen_eval.tables", "qwen_eval.tasks"),
+    ("qwen_eval.leaderboard", "qwen_eval.tables"),
+    ("qwen_eval.leaderboard", "qwen_eval.tasks"),
+    ("qwen_eval", "qwen_eval.tools"),
+)
+
+
+def _starts(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize("importer, imported", NEVER, ids=[f"{a} -/-> {b}" for a, b in NEVER])
+def test_never(importer, imported):
+    found = sorted(f"{m} -> {t}" for m in MODULES if _starts(m, importer) and not _starts(m, imported)
+                   for t in GRAPH[m] if _starts(t, imported))
+    assert found == []
+
+
+def test_the_never_rules_see_an_import():
+    assert "qwen_eval.tasks.scoring.sandbox" in GRAPH["qwen_eval.tasks.code_eval"]
+    assert "qwen_eval.tasks.arxiv_ppl_table" in GRAPH["qwen_eval.table_cli"]
 
 
 def _getattr_hooks(path: Path) -> list[str]:

@@ -268,6 +268,7 @@ def test_hub_rows_become_documents(monkeypatch):
         ArxivPerplexity({"hub_id": None}).load(DataSpec("hub"))
 
 
+@pytest.mark.shared_data
 def test_the_sample_is_two_long_documents_copied_from_shared_data(shared_data, tokenizer):
     docs = ArxivPerplexity().load(DataSpec("sample"))
     assert [d.doc_id for d in docs] == ["hott-book/basics.tex", "riscv-isa-manual/zk.adoc"]
@@ -276,6 +277,7 @@ def test_the_sample_is_two_long_documents_copied_from_shared_data(shared_data, t
         assert doc.text == (shared_data / "arxiv" / doc.doc_id).read_text(encoding="utf-8")
 
 
+@pytest.mark.shared_data
 def test_the_development_copy_has_fourteen_documents(shared_data):
     docs = ArxivPerplexity().load(DataSpec("local", str(shared_data / "arxiv")))
     assert len(docs) == 14 and "stacks-project/COPYING" not in {d.doc_id for d in docs}

@@ -1,4 +1,4 @@
-"""Attention's one entry point (model/attention.py): every kernel option against a float64
+"""Attention's one entry point (model/attention/): every kernel option against a float64
 reference written from the one rule (query at p sees keys j <= p, and j > p - w in a window),
 in every phase: no cache, a prompt into an empty cache, a prompt continued in the cache, after a
 shared prefix, and decoding; right-padded rows at different positions, GQA, windows, LogN."""
@@ -12,7 +12,8 @@ import torch
 
 from helpers_checkpoints import max_abs_diff, random_model, tiny_config
 from qwen_eval.model import attention as attention_module
-from qwen_eval.model.attention import (AttentionMeta, AttentionUnavailable, KVCache, attend, merge_partials,
+from qwen_eval.model.attention import cpu_blocks, masks, sdpa
+from qwen_eval.model.attention import (AttentionMeta, AttentionUnavailable, Kernel, KVCache, attend, merge_partials,
                                        resolve_kernel)
 from qwen_eval.model.model import LongContextOptions
 
@@ -170,7 +171,7 @@ def test_a_kernel_named_but_unavailable_is_one_clear_error():
 
 
 def test_sdpa_without_its_log_sum_exp_kernel_is_an_error_not_a_fallback(monkeypatch):
-    monkeypatch.setitem(attention_module.SDPA_LSE_OPS, "cpu", "_no_such_kernel")
+    monkeypatch.setitem(sdpa.SDPA_LSE_OPS, "cpu", "_no_such_kernel")
     with pytest.raises(AttentionUnavailable, match="^model.attention=sdpa: this torch has no aten._no_such_kernel"):
         resolve_kernel("sdpa", torch.device("cpu"), torch.float32)
     assert resolve_kernel("math", torch.device("cpu"), torch.float32) == "math"
@@ -313,7 +314,7 @@ def test_blocks_of_queries_give_the_same_attention(kernel, window, monkeypatch):
     """Long inputs run over blocks of queries (masks stay bounded): force blocks of a few queries."""
     args = dict(heads=4, kv_heads=2, window=window)
     whole = [test(kernel=kernel, **args) for test in (_no_cache, _cached, _prefixed)]
-    monkeypatch.setattr(attention_module, "MASK_BLOCK_ELEMENTS", 200)
+    monkeypatch.setattr(masks, "MASK_BLOCK_ELEMENTS", 200)
     blocked = [test(kernel=kernel, **args) for test in (_no_cache, _cached, _prefixed)]
     for a, b in zip(whole, blocked):
         assert max_abs_diff(a, b) < 1e-6
@@ -345,14 +346,14 @@ def test_the_exact_cpu_cascade_equals_the_generic_merge(monkeypatch):
     """sdpa on CPU without a window merges in the kernels' own layout (bitwise the old path);
     the generic per-part merge, which windows and CUDA take, gives the same attention."""
     exact = _prefixed("sdpa", 4, 2, 0)
-    monkeypatch.setattr(attention_module.SdpaKernel, "cpu_cascade", lambda self, q, segments, meta: None)
+    monkeypatch.setattr(sdpa.SdpaKernel, "cascade", Kernel.cascade)
     assert max_abs_diff(_prefixed("sdpa", 4, 2, 0), exact) < 1e-6
 
 
 def test_cpu_flash_query_rows_are_whole_blocks_of_the_kernel():
     """Queries are padded to the CPU flash kernel's query blocks (32 below 192, 64 below 768, 256
     from there), so its brgemm kernels see a bounded set of block shapes; up to 32 stay as they are."""
-    rows = attention_module.cpu_flash_query_rows
+    rows = cpu_blocks.cpu_flash_query_rows
     assert [rows(m) for m in (1, 7, 32, 33, 191, 192, 700, 767, 768, 769, 2436)] == \
         [1, 7, 32, 64, 192, 192, 704, 768, 768, 1024, 2560]
     for m in range(33, 3000):
@@ -372,7 +373,7 @@ def test_padded_queries_leave_the_bf16_cpu_cascade_bitwise_unchanged(dtype, monk
         calls.append(q.shape[2])
         return op(q, *args, **kwargs)
 
-    monkeypatch.setattr(attention_module, "SDPA_LSE_OPS", {"cpu": "spied"})
+    monkeypatch.setattr(sdpa, "SDPA_LSE_OPS", {"cpu": "spied"})
     monkeypatch.setattr(torch.ops.aten, "spied", spy, raising=False)
     gen = torch.Generator().manual_seed(11)
     b, t, heads, kv_heads, d, p = 3, 40, 14, 2, 64, 425  # the real model's heads; 3 x 40 x 7 = 840 queries
@@ -390,7 +391,7 @@ def test_padded_queries_leave_the_bf16_cpu_cascade_bitwise_unchanged(dtype, monk
     cache_prefix = ([cache.segments(0, p + 1)[0].keys], [cache.segments(0, p + 1)[0].values])
     padded = cascade()
     assert calls == [1024, 320]  # 840 prefix queries -> 4 blocks of 256; 280 own -> 5 of 64
-    monkeypatch.setattr(attention_module, "cpu_flash_query_rows", lambda m: m)
+    monkeypatch.setattr(cpu_blocks, "cpu_flash_query_rows", lambda m: m)
     assert torch.equal(cascade(), padded)
     assert calls[2:] == [840, 280]
 
@@ -405,15 +406,15 @@ def test_padded_lse_attention_returns_the_unpadded_values_in_the_unpadded_layout
     k, v = (torch.randn(3, 2, 40, 64, generator=gen).to(torch.bfloat16) for _ in range(2))
     mask = torch.zeros(3, 1, 280, 40, dtype=torch.bfloat16).masked_fill(torch.rand(3, 1, 280, 40, generator=gen) < 0.3,
                                                                         float("-inf")) if masked else None
-    padded = attention_module._lse_attention(q, k, v, mask)
-    monkeypatch.setattr(attention_module, "cpu_flash_query_rows", lambda m: m)
-    plain = attention_module._lse_attention(q, k, v, mask)
+    padded = sdpa.lse_attention(q, k, v, mask)
+    monkeypatch.setattr(cpu_blocks, "cpu_flash_query_rows", lambda m: m)
+    plain = sdpa.lse_attention(q, k, v, mask)
     for got, want in zip(padded, plain):
         assert torch.equal(got, want) and got.stride() == want.stride()
 
 
 def test_cpu_flash_key_columns_are_whole_blocks_of_32():
-    columns = attention_module.cpu_flash_key_columns
+    columns = cpu_blocks.cpu_flash_key_columns
     assert [columns(n) for n in (1, 31, 32, 33, 511, 512, 513, 2047)] == [32, 32, 32, 64, 512, 512, 544, 2048]
 
 
@@ -431,7 +432,7 @@ def test_the_cpu_cascade_pads_own_keys_to_whole_blocks_in_bf16_only(dtype, monke
         calls.append((k.shape[2], None if attn_mask is None else attn_mask.clone()))
         return op(q, k, v, *args, attn_mask=attn_mask, **kwargs)
 
-    monkeypatch.setattr(attention_module, "SDPA_LSE_OPS", {"cpu": "spied"})
+    monkeypatch.setattr(sdpa, "SDPA_LSE_OPS", {"cpu": "spied"})
     monkeypatch.setattr(torch.ops.aten, "spied", spy, raising=False)
     gen = torch.Generator().manual_seed(21)
     b, t, heads, kv_heads, d, p = 3, 40, 14, 2, 64, 100
@@ -457,7 +458,7 @@ def test_the_cpu_cascade_pads_own_keys_to_whole_blocks_in_bf16_only(dtype, monke
     values = torch.cat([prefix[1].expand(b, -1, -1, -1), v], 1)
     positions = torch.arange(p + t).expand(b, -1)
     want = reference(q, keys, values, positions, positions[:, p:], 0)
-    monkeypatch.setattr(attention_module, "cpu_flash_key_columns", lambda n: n)
+    monkeypatch.setattr(cpu_blocks, "cpu_flash_key_columns", lambda n: n)
     unpadded = cascade()
     assert calls[-1][0] == t
     assert max_abs_diff(got, unpadded) <= 2 ** -7  # an ulp of bf16 below 2: the rounding of one output

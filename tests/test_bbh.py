@@ -22,6 +22,7 @@ from qwen_eval.tasks.bbh import BBH, TASKS
 FIXTURES = Path(__file__).parent / "fixtures" / "reasoning"
 
 
+@pytest.mark.shared_data
 def test_package_prompts_are_the_official_files(shared_data):
     shipped = sorted(p.name for p in (sample_dir("bbh") / "cot-prompts").glob("*.txt"))
     assert shipped == sorted(f"{t}.txt" for t in TASKS) and len(shipped) == 27
@@ -30,6 +31,7 @@ def test_package_prompts_are_the_official_files(shared_data):
     assert sorted(p.stem for p in (shared_data / "bbh" / "bbh").glob("*.json")) == sorted(TASKS)
 
 
+@pytest.mark.shared_data
 def test_prompt_is_the_text_after_the_dashes_then_the_question(shared_data):
     task = BBH({"subtasks": ["date_understanding"]})
     doc = task.load(DataSpec("local", str(shared_data / "bbh")), limit=1)[0]
@@ -48,6 +50,7 @@ def test_one_greedy_request_stopping_at_the_next_question():
     assert request.temperature == 0.0 and request.max_new_tokens == 1024
 
 
+@pytest.mark.shared_data
 def test_limit_is_per_task_and_ids_are_task_index(shared_data):
     docs = BBH().load(DataSpec("local", str(shared_data / "bbh")), limit=2)
     assert len(docs) == 54
@@ -60,6 +63,7 @@ def test_sample_runs_all_27_tasks():
     assert len(docs) == 54 and {d.task for d in docs} == set(TASKS)
 
 
+@pytest.mark.shared_data
 def test_hub_uses_package_prompts(monkeypatch, shared_data):
     examples = json.loads((shared_data / "bbh" / "bbh" / "navigate.json").read_text(encoding="utf-8"))["examples"]
     calls = []
@@ -71,6 +75,7 @@ def test_hub_uses_package_prompts(monkeypatch, shared_data):
     assert [task.prompt(d) for d in docs] == [local.prompt(d) for d in local.load(DataSpec("local", str(shared_data / "bbh")), limit=3)]
 
 
+@pytest.mark.shared_data
 def test_local_copy_without_prompts_uses_package_prompts(tmp_path, shared_data):
     (tmp_path / "bbh").mkdir()
     (tmp_path / "bbh" / "snarks.json").write_bytes((shared_data / "bbh" / "bbh" / "snarks.json").read_bytes())
@@ -115,6 +120,7 @@ def oracle(doc) -> str:
     return f"Reasoning about the question.\nSo the answer is {doc.target}.\n\nQ: another question"
 
 
+@pytest.mark.shared_data
 def test_oracle_scores_every_real_example(shared_data):
     """Scoring each target as `So the answer is X.` directly: all 6511 correct, all 27 tasks."""
     start = time.perf_counter()
@@ -126,6 +132,7 @@ def test_oracle_scores_every_real_example(shared_data):
     print(f"bbh direct oracle: {time.perf_counter() - start:.2f}s")
 
 
+@pytest.mark.shared_data
 def test_oracle_replay_through_the_runner(shared_data):
     """Through model=replay every task scores 100% but causal_judgement: its examples 32 and 119 (and
     36 and 104) are the same question with opposite targets, so one prompt gets one answer and any
@@ -142,6 +149,7 @@ def test_oracle_replay_through_the_runner(shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=bbh", "model=tiny", f"data.path={shared_data / 'bbh'}", "limit=1", "task.max_new_tokens=4",

@@ -80,7 +80,7 @@ def test_join_memory_stacks_the_two_caches():
 
     bench = load("join_memory")
     args = argparse.Namespace(running=2, newcomers=3, positions=10)
-    r = bench.measure(ROOT / "model" / "attention.py", args)
+    r = bench.measure(ROOT / "model" / "attention" / "cache.py", args)
     assert r["stacked_cache_mb"] == round(24 * 2 * 5 * 266 * 2 * 64 * 2 / 2**20)
     assert r["peak_mb"] >= r["inputs_peak_mb"] > 0
 

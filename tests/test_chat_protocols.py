@@ -1,7 +1,8 @@
 """Qwen's chat protocols for MMLU, C-Eval and GSM8K (eval/evaluate_chat_*.py): golden prompts as the
 model sees them (Qwen-1 ChatML), and the answer read from replies the way those scripts read it.
 The replies in the corpora are in the shapes chat models give; tests/fixtures/chat_replies.json adds
-replies the real Qwen2.5-Coder-0.5B-Instruct gave under each protocol (its "source" says which run)."""
+replies the real Qwen2.5-Coder-0.5B-Instruct gave under each protocol (its "source" says which run),
+which the `test_replay_*` tests read back: no model is loaded here (tests/test_real_model.py loads one)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from qwen_eval.tasks.mmlu import MMLU
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mc"
 CHATML = ChatTemplate(QWEN1_CHATML, "Qwen-1 ChatML")
-REAL_REPLIES = Path(__file__).parent / "fixtures" / "chat_replies.json"
+RECORDED_REPLIES = Path(__file__).parent / "fixtures" / "chat_replies.json"
 
 
 def _rendered(task, doc) -> str:
@@ -119,20 +120,20 @@ def test_chat_protocol_only_where_qwen_has_one():
         MMLU({"prompt": "chat"})
 
 
-def test_real_model_replies():
+def test_replay_of_recorded_mmlu_chat_replies():
     """Replies Qwen2.5-Coder-0.5B-Instruct gave under the MMLU chat protocol, each with the rule that
     reads its letter (two show the rules reading a letter the model did not mean, as Qwen's do)."""
-    records = json.loads(REAL_REPLIES.read_text(encoding="utf-8"))
+    records = json.loads(RECORDED_REPLIES.read_text(encoding="utf-8"))
     for r in records["mmlu"]:
         assert mmlu_letter(r["reply"], r["choices"]) == r["letter"], r["reply"]
 
 
-def test_real_model_gsm8k_replies():
+def test_replay_of_recorded_gsm8k_chat_replies():
     """Replies of Qwen2.5-Coder-0.5B-Instruct under Qwen's chat GSM8K protocol. Qwen's rule (the last
     run of digits) reads the stated answer in 13 of the 15 that state one; the two it misreads show
     its known blind spots: a later number in the closing sentence ("575 miles ... those 4 hours")
     and a decimal ("0.35" -> 35). Both replies are wrong either way, so the score is unchanged."""
-    records = json.loads(REAL_REPLIES.read_text(encoding="utf-8"))["gsm8k"]
+    records = json.loads(RECORDED_REPLIES.read_text(encoding="utf-8"))["gsm8k"]
     task = GSM8K({"prompt": "qwen_chat"})
     docs = {d.doc_id: d for d in task.load(DataSpec("sample"))}
     misread = []
@@ -150,7 +151,7 @@ def test_real_model_gsm8k_replies():
     assert len(records) == 16 and misread == ["8", "12"]
 
 
-def test_real_model_ceval_replies():
+def test_replay_of_recorded_ceval_chat_replies():
     """Replies of Qwen2.5-Coder-0.5B-Instruct under Qwen's chat C-Eval protocol, one question per
     subject. Qwen's rules read the letter the reply states in 36 of the 44 that state one. The 8
     misreads are two blind spots of the rules, not of this code: "选" followed within ten
@@ -159,7 +160,7 @@ def test_real_model_ceval_replies():
     opens with the options list is read by step 4); and `\\boxed{A}` is missed by step 2 (the
     letter must be followed by punctuation, not `}`), so a 3倍 in the text, rewritten to B, wins.
     Two misreads cost a right answer and two credit a wrong one: the score is unchanged."""
-    records = json.loads(REAL_REPLIES.read_text(encoding="utf-8"))["ceval"]
+    records = json.loads(RECORDED_REPLIES.read_text(encoding="utf-8"))["ceval"]
     misread = []
     for r in records:
         assert ceval_letter(r["reply"], r["question"], r["choices"]) == r["letter"], r["doc_id"]
@@ -177,11 +178,11 @@ def _humaneval_chat_records():
 
     task = HumanEval({"prompt": "qwen_chat"})
     docs = {d.doc_id: d for d in task.load(DataSpec("sample"))}
-    records = json.loads(REAL_REPLIES.read_text(encoding="utf-8"))["humaneval"]
+    records = json.loads(RECORDED_REPLIES.read_text(encoding="utf-8"))["humaneval"]
     return task, docs, records
 
 
-def test_real_model_humaneval_chat_replies_are_cut_at_the_fence():
+def test_replay_of_recorded_humaneval_chat_replies_cuts_them_at_the_fence():
     """Qwen2.5-Coder-0.5B-Instruct's replies under Qwen's chat HumanEval protocol: each puts the
     whole function in one ```python fence with prose around it. The body is what follows the
     entry point's `def` line up to the closing fence: the docstring first, then the code, and in 14
@@ -204,7 +205,7 @@ def test_real_model_humaneval_chat_replies_are_cut_at_the_fence():
 
 
 @pytest.mark.slow
-def test_real_model_humaneval_chat_replies_keep_their_sandbox_verdicts():
+def test_replay_of_recorded_humaneval_chat_replies_keeps_their_sandbox_verdicts():
     """The 16 programs built from the replies get the verdicts the real run recorded: 13 pass
     (81.2), HumanEval/1 and /10 fail their asserts, /6 raises in its own example print."""
     task, docs, records = _humaneval_chat_records()

@@ -13,7 +13,8 @@ import pytest
 from qwen_eval.run_files import load_runs
 from qwen_eval.table_cli import BLOCK, update_readme
 from qwen_eval.table_formats import format_table
-from qwen_eval.tables import build_table, row_key
+from qwen_eval.leaderboard import row_key
+from qwen_eval.tables import build_table
 
 REPO = Path(__file__).resolve().parent.parent
 READMES = sorted(p for p in [REPO / "README.md", *(REPO / "results").rglob("README.md")]

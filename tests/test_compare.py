@@ -18,8 +18,8 @@ import pytest
 from qwen_eval.compare import (Tolerance, compare, format_report, load_tolerances, main, mcnemar_exact,
                                parse_task_tolerance)
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import mean_stderr
 from qwen_eval.run_files import load_runs
+from qwen_eval.tasks.scoring.metrics import mean_stderr
 
 N_DOCS = 200
 

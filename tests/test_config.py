@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from qwen_eval import options, registry
 from qwen_eval.errors import UserError
-from qwen_eval.sandbox import Limits, SandboxOptions
+from qwen_eval.tasks.scoring.confinement import Limits
+from qwen_eval.tasks.scoring.sandbox import SandboxOptions
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

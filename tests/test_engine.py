@@ -10,7 +10,8 @@ import torch
 
 from helpers_checkpoints import random_model, tiny_config
 from qwen_eval.backends.qwen import QwenBackend
-from qwen_eval.model import engine as engine_module
+from qwen_eval.model import batching, generation, scoring
+from qwen_eval.model.batching import Batcher
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.tokenizer import load_tokenizer
 from qwen_eval.requests import Choice, Generate, Rolling
@@ -103,11 +104,11 @@ def test_prefix_reuse_does_not_change_answers(model, tokenizer, monkeypatch):
     requests = [r for r in choice_requests() + generate_requests() if r.context.startswith(SHOTS)]
     reuse = backend_for(model, tokenizer)
     with_prefix, _ = answer_requests(requests, reuse, batch_size=16)
-    assert reuse.engine._prefix is not None  # the shared few-shot prefix was computed once and kept
-    monkeypatch.setattr(engine_module, "MIN_SHARED_PREFIX", 10 ** 9)
+    assert reuse.engine.batcher.kept is not None  # the shared few-shot prefix was computed once and kept
+    monkeypatch.setattr(batching, "MIN_SHARED_PREFIX", 10 ** 9)
     plain = backend_for(model, tokenizer)
     without, _ = answer_requests(requests, plain, batch_size=16)
-    assert plain.engine._prefix is None
+    assert plain.engine.batcher.kept is None
     assert reuse.tokens_processed < plain.tokens_processed
     n = sum(isinstance(r, Choice) for r in requests)
     assert_same_choices(with_prefix[:n], without[:n])
@@ -129,13 +130,13 @@ def test_small_prefill_batches_decode_together(model, tokenizer, monkeypatch):
     and the texts each request gets alone."""
     requests = several_prefix_requests()
     engine = Engine(model, tokenizer)
-    sets = engine._decode_sets(tokenizer.encode_batch([r.context for r in requests]),
-                               [r.max_new_tokens for r in requests])
+    sets = engine.scheduler.decode_sets(tokenizer.encode_batch([r.context for r in requests]),
+                                        [r.max_new_tokens for r in requests])
     assert len(sets) == 1 and len(sets[0]) == 3  # three prefill batches, one decode set
     decode_steps = _count_decode_steps(model, monkeypatch)
     together = [r.texts for r in engine.generate(requests)]
     assert len(decode_steps) <= max(r.max_new_tokens for r in requests) and max(decode_steps) > 2
-    monkeypatch.setattr(engine_module, "POOL_BELOW_ROWS", 1)  # every batch decodes on its own
+    monkeypatch.setattr(generation, "POOL_BELOW_ROWS", 1)  # every batch decodes on its own
     apart = [r.texts for r in Engine(model, tokenizer).generate(requests)]
     alone = [Engine(model, tokenizer).generate([r])[0].texts for r in requests]
     assert together == apart == alone
@@ -145,12 +146,12 @@ def test_small_prefill_batches_decode_together(model, tokenizer, monkeypatch):
 def test_scoring_batches_split_where_padding_would_exceed_a_quarter(model, tokenizer):
     """Rows sorted longest first: a row under PAD_SPLIT (3/4) of its batch's widest starts the
     next batch when scoring; the token budget splits too; generation keeps short rows in."""
-    assert engine_module.PAD_SPLIT == 0.75
-    engine = Engine(model, tokenizer, max_batch_tokens=400)
+    assert batching.PAD_SPLIT == 0.75
+    batcher = Batcher(model, max_batch_tokens=400)
     lengths = [100, 90, 76, 74, 60, 56, 55, 20]
     order = list(range(len(lengths)))
-    assert engine._batches(order, lengths) == [[0, 1, 2], [3, 4, 5], [6], [7]]
-    assert engine._batches(order, lengths, split_padding=False) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert batcher.batches(order, lengths) == [[0, 1, 2], [3, 4, 5], [6], [7]]
+    assert batcher.batches(order, lengths, split_padding=False) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_the_token_budget_splits_decode_sets(model, tokenizer):
@@ -158,7 +159,7 @@ def test_the_token_budget_splits_decode_sets(model, tokenizer):
     requests = several_prefix_requests()
     engine = Engine(model, tokenizer, max_batch_tokens=200)
     tokens = tokenizer.encode_batch([r.context for r in requests])
-    sets = engine._decode_sets(tokens, [r.max_new_tokens for r in requests])
+    sets = engine.scheduler.decode_sets(tokens, [r.max_new_tokens for r in requests])
     assert len(sets) > 1
     assert sorted(k for s in sets for b in s for k in b) == list(range(len(requests)))
     for s in sets:
@@ -190,9 +191,9 @@ def test_the_next_decode_set_joins_when_the_running_rows_dwindle(model, tokenize
     questions = [f"Question {i}: how many moons does planet {i} have?\nAnswer:" for i in range(16)]
     requests = [Generate(SHOTS + q, max_new_tokens=20 if i == 0 else 2) for i, q in enumerate(questions)]
     tokens = tokenizer.encode_batch([r.context for r in requests])
-    own = len(tokens[0]) - engine_module._common_prefix(tokens)
+    own = len(tokens[0]) - batching.common_prefix(tokens)
     engine = Engine(model, tokenizer, max_batch_tokens=9 * (own + 20) - 1)  # 8 rows beside the long one's width
-    sets = engine._decode_sets(tokens, [r.max_new_tokens for r in requests])
+    sets = engine.scheduler.decode_sets(tokens, [r.max_new_tokens for r in requests])
     assert [len(s[0]) for s in sets] == [8, 8] and 0 in sets[0][0]  # the long row decodes first
     from qwen_eval.model.attention import KVCache
     kept_prefix = []
@@ -283,7 +284,7 @@ def reference_loglik(model, ids: list[int], window: int, stride: int) -> tuple[f
 @pytest.mark.parametrize("window, stride", [(1000, None), (24, None), (24, 7)], ids=["one-window", "disjoint",
                                                                                       "strided"])
 def test_rolling_perplexity_equals_a_plain_loop(model, tokenizer, monkeypatch, window, stride):
-    monkeypatch.setattr(engine_module, "LOSS_CHUNK_ELEMENTS", 5 * model.config.vocab_size)  # 5 positions a chunk
+    monkeypatch.setattr(scoring, "LOSS_CHUNK_ELEMENTS", 5 * model.config.vocab_size)  # 5 positions a chunk
     ids = tokenizer.encode(TEXT)
     (result,) = Engine(model, tokenizer).rolling([Rolling(TEXT, max_length=window, stride=stride)])
     want, count = reference_loglik(model, ids, window, stride or window - 1)
@@ -352,14 +353,14 @@ def test_a_kept_prefix_longer_than_the_next_batch_is_reused_up_to_its_length(mod
     second = [Choice(SHOTS + q + "\nAnswer:", (" A", " B", " C", " D")) for q in QUESTIONS[:3]]
     engine = backend_for(model, tokenizer).engine
     engine.choice(first)
-    kept = len(engine._prefix[0])
+    kept = len(engine.batcher.kept[0])
     computed = engine.tokens_processed
     got = engine.choice(second)
-    assert len(engine._prefix[0]) == kept  # not recomputed: the kept one was sliced
+    assert len(engine.batcher.kept[0]) == kept  # not recomputed: the kept one was sliced
     shots = len(tokenizer.encode(SHOTS))
     suffixes = sum(len(tokenizer.encode(r.context)) for r in second) - 3 * shots
     assert engine.tokens_processed - computed <= suffixes + 3  # only the questions went through the model
-    monkeypatch.setattr(engine_module, "MIN_SHARED_PREFIX", 10 ** 9)
+    monkeypatch.setattr(batching, "MIN_SHARED_PREFIX", 10 ** 9)
     assert_same_choices(got, backend_for(model, tokenizer).engine.choice(second))
 
 
@@ -446,12 +447,12 @@ def test_the_log_softmax_runs_over_blocks_of_rows_with_the_whole_call_numbers(mo
     each lm_head chunk gives."""
     requests = choice_requests()
     rolling = [Rolling(TEXT, max_length=40, stride=20)]
-    monkeypatch.setattr(engine_module, "SOFTMAX_ROWS", 1 << 30)
+    monkeypatch.setattr(scoring, "SOFTMAX_ROWS", 1 << 30)
     whole = Engine(model, tokenizer).choice(requests), Engine(model, tokenizer).rolling(rolling)
     widths: list[int] = []
     log_softmax = torch.log_softmax
     monkeypatch.setattr(torch, "log_softmax", lambda x, dim: widths.append(x.shape[0]) or log_softmax(x, dim=dim))
-    monkeypatch.setattr(engine_module, "SOFTMAX_ROWS", 3)
+    monkeypatch.setattr(scoring, "SOFTMAX_ROWS", 3)
     blocked = Engine(model, tokenizer).choice(requests), Engine(model, tokenizer).rolling(rolling)
     assert blocked == whole
     assert widths and max(widths) == 3 and sum(widths) > 3 * len(requests) // 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_eval import fixtures
+from qwen_eval.tools import fixtures
 from qwen_eval.errors import UserError
 
 PARTS = [bytes([n]) * (1000 + n) for n in range(1, 4)]

@@ -199,6 +199,7 @@ def _reference(shared_data: Path) -> tuple[Path, dict]:
     return folder, json.loads((folder / "reference_logits.json").read_text())["cases"]
 
 
+@pytest.mark.shared_data
 def test_qwen1_gguf_equals_original_code(tmp_path, shared_data):
     """The reference checkpoint written as llama.cpp writes Qwen-1 (context length =
     max_position_embeddings 512, seq_length dropped): with model.seq_length=32 restored, logits equal

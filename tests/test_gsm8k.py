@@ -22,6 +22,7 @@ from qwen_eval.tasks.gsm8k import GSM8K
 FIXTURES = Path(__file__).parent / "fixtures" / "reasoning"
 
 
+@pytest.mark.shared_data
 def test_prompt_is_qwens_file_then_the_question(shared_data):
     task = GSM8K()
     doc = task.load(DataSpec("local", str(shared_data / "gsm8k")), limit=1)[0]
@@ -86,6 +87,7 @@ def test_missing_file_says_what_to_do(tmp_path):
         GSM8K().load(DataSpec("local", str(tmp_path)))
 
 
+@pytest.mark.shared_data
 def test_sample_is_the_first_real_lines(shared_data):
     sample = (sample_dir("gsm8k") / "test.jsonl").read_bytes()
     assert (shared_data / "gsm8k" / "test.jsonl").read_bytes().startswith(sample)
@@ -94,6 +96,7 @@ def test_sample_is_the_first_real_lines(shared_data):
     assert len(GSM8K().load(DataSpec("sample"), limit=3)) == 3
 
 
+@pytest.mark.shared_data
 def test_hub_rows_give_the_same_documents(monkeypatch, shared_data):
     rows = [json.loads(line) for line in (shared_data / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:20]]
     calls = []
@@ -102,6 +105,7 @@ def test_hub_rows_give_the_same_documents(monkeypatch, shared_data):
     assert calls == [("gsm8k", "openai/gsm8k", "main", "test")]
 
 
+@pytest.mark.shared_data
 def test_oracle_replay_of_the_real_test_set(shared_data):
     """The references' own answers as completions: strict scores all 1319; Qwen's rule drops the sign
     of the two negative golds (lines 489 and 1113) and scores 1317."""
@@ -120,6 +124,7 @@ def test_oracle_replay_of_the_real_test_set(shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=gsm8k", "model=tiny", f"data.path={shared_data / 'gsm8k'}", "limit=2", "task.max_new_tokens=8",

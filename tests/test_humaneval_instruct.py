@@ -93,7 +93,7 @@ def test_every_restated_canonical_solution_passes_raw_and_sanitized(docs):
     assert [s.doc_id for s in samples if s.extra["raw_outcome"]["status"] != "passed"] == []
     assert [(s.doc_id, s.extra["reason"]) for s in samples if s.extra["outcome"]["status"] != "passed"] == []
     [fifty] = [s for s in samples if s.doc_id == "HumanEval/50"]
-    assert "encode_shift" not in fifty.extra["solution"] and "def encode_shift" in fifty.extra["program"]
+    assert "def encode_shift" not in fifty.extra["solution"] and "def encode_shift" in fifty.extra["program"]
     metrics = task.aggregate(samples)
     assert len(samples) == 164 and metrics["raw_pass@1"] == 1.0 and metrics["pass@1"] == 1.0
 

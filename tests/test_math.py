@@ -39,6 +39,7 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.shared_data
 def test_prompt_is_the_minerva_four_shot(shared_data, task):
     doc = task.load(DataSpec("local", str(shared_data / "math")))[0]
     prompt = task.prompt(doc)
@@ -72,6 +73,7 @@ def write_tree(root: Path, rows: list[tuple[str, str, dict]]) -> None:
         (root / "test" / subject / f"{stem}.json").write_text(json.dumps(row), encoding="utf-8")
 
 
+@pytest.mark.shared_data
 def test_json_tree_layout_gives_subject_and_stem_ids(tmp_path, shared_data, task):
     rows = read_rows(shared_data / "math" / "test.jsonl")
     algebra = [r for r in rows if r["type"] == "Algebra"][:2]
@@ -83,12 +85,14 @@ def test_json_tree_layout_gives_subject_and_stem_ids(tmp_path, shared_data, task
     assert [d.doc_id for d in task.load(DataSpec("local", str(tmp_path / "test")))] == [d.doc_id for d in docs]
 
 
+@pytest.mark.shared_data
 def test_jsonl_layout_gives_line_ids(shared_data, task):
     docs = task.load(DataSpec("local", str(shared_data / "math" / "test.jsonl")))[:3]
     assert [d.doc_id for d in docs] == ["0", "1", "2"]
     assert docs[0].level == 3 and docs[0].subject == "algebra" and docs[0].answer == last_boxed(docs[0].solution)
 
 
+@pytest.mark.shared_data
 def test_sample_lines_are_real_lines(shared_data, task):
     real = set((shared_data / "math" / "test.jsonl").read_text(encoding="utf-8").splitlines())
     sample = (sample_dir("math") / "test.jsonl").read_text(encoding="utf-8").splitlines()
@@ -97,6 +101,7 @@ def test_sample_lines_are_real_lines(shared_data, task):
     assert sorted({d.subject for d in docs}) == sorted(SUBJECTS.values())
 
 
+@pytest.mark.shared_data
 def test_hub_configs_are_the_subjects(monkeypatch, shared_data, task):
     rows = read_rows(shared_data / "math" / "test.jsonl")
     calls = []
@@ -184,6 +189,7 @@ def test_metrics_by_subject_and_level(task):
 # --- the real test set -----------------------------------------------------------------------------
 
 
+@pytest.mark.shared_data
 def test_oracle_replay_of_the_real_test_set(shared_data, task):
     """Each reference solution followed by Minerva's closing sentence with its own boxed answer.
 
@@ -205,6 +211,7 @@ def test_oracle_replay_of_the_real_test_set(shared_data, task):
 # --- MATH-500 ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.shared_data
 def test_math500_from_the_jsonl_is_its_500_problems_in_its_order(shared_data):
     task = MATH({"subset": "math500"})
     docs = task.load(DataSpec("local", str(shared_data / "math")))
@@ -221,6 +228,7 @@ def test_math500_from_the_jsonl_is_its_500_problems_in_its_order(shared_data):
     assert all(d.unique_id.split("/")[1] == d.subject for d in docs)
 
 
+@pytest.mark.shared_data
 def test_math500_from_the_json_tree_selects_by_file_id(tmp_path, shared_data):
     rows = read_rows(shared_data / "math" / "test.jsonl")
     from_jsonl = MATH({"subset": "math500"}).load(DataSpec("local", str(shared_data / "math")))
@@ -244,6 +252,7 @@ def test_math500_needs_the_full_test_set():
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=math", "model=tiny", f"data.path={shared_data / 'math'}", "limit=2", "task.max_new_tokens=8",
@@ -259,6 +268,7 @@ def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     assert [s["doc_id"] for s in read_samples(out)] == selection["doc_ids"]
 
 
+@pytest.mark.shared_data
 def test_limit_draws_a_seeded_subset_across_subjects_and_levels(shared_data):
     """`limit=32` on MATH is not the first 32 problems (all algebra): 32 drawn across subject x
     level in proportion to their sizes, the same for the same seed."""

@@ -84,6 +84,7 @@ def real_rows(shared_data: Path) -> list[dict]:
 
 # --- prompt, stop, program -----------------------------------------------------------------------------
 
+@pytest.mark.shared_data
 def test_golden_three_shot_prompt(shared_data):
     task, docs = loaded()
     assert task.prompt(docs[0]) == GOLDEN_PROMPT_11
@@ -147,6 +148,7 @@ def test_scoring_runs_the_completion_in_the_sandbox():
 
 # --- data ----------------------------------------------------------------------------------------------
 
+@pytest.mark.shared_data
 def test_sample_is_real_lines_of_tasks_2_3_4_and_11_to_18(shared_data):
     real = {json.loads(line)["task_id"]: line for line in (shared_data / "mbpp" / "mbpp.jsonl").read_text(encoding="utf-8").splitlines()}
     sample = (sample_dir("mbpp") / "mbpp.jsonl").read_text(encoding="utf-8").splitlines()
@@ -157,6 +159,7 @@ def test_sample_is_real_lines_of_tasks_2_3_4_and_11_to_18(shared_data):
     assert len(MBPP().load(DataSpec("sample"), limit=3)) == 3
 
 
+@pytest.mark.shared_data
 def test_local_file_or_folder_selects_tasks_11_to_510(shared_data, tmp_path):
     docs = MBPP().load(DataSpec("local", str(shared_data / "mbpp")))
     assert len(docs) == 500 and docs[0].doc_id == "11" and docs[-1].doc_id == "510"
@@ -165,6 +168,7 @@ def test_local_file_or_folder_selects_tasks_11_to_510(shared_data, tmp_path):
         MBPP().load(DataSpec("local", str(tmp_path)))
 
 
+@pytest.mark.shared_data
 def test_hub_prompt_and_test_splits(monkeypatch, shared_data):
     rows = real_rows(shared_data)
     splits = {"prompt": [r for r in rows if r["task_id"] <= 10], "test": [r for r in rows if 11 <= r["task_id"] <= 510]}
@@ -178,6 +182,7 @@ def test_hub_prompt_and_test_splits(monkeypatch, shared_data):
     assert task.prompt(docs[0]) == GOLDEN_PROMPT_11
 
 
+@pytest.mark.shared_data
 def test_missing_shot_tasks_are_named(tmp_path, shared_data):
     rows = [r for r in real_rows(shared_data) if r["task_id"] != 3]
     path = tmp_path / "mbpp.jsonl"
@@ -192,6 +197,7 @@ def test_missing_shot_tasks_are_named(tmp_path, shared_data):
     (lambda r: r.update(task_id="12"), "field 'task_id' has the wrong type (str)"),
     (lambda r: r.update(test_list=[]), "'test_list' must be a non-empty list"),
 ])
+@pytest.mark.shared_data
 def test_bad_rows_are_one_line_naming_file_and_row(tmp_path, shared_data, change, message):
     rows = real_rows(shared_data)[:15]
     change(rows[11])
@@ -205,6 +211,7 @@ def test_bad_rows_are_one_line_naming_file_and_row(tmp_path, shared_data, change
 # --- oracle replay -------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_oracle_reference_code_on_tasks_11_to_510(shared_data, tmp_path):
     """The references pass 499 of 500. Task 367 cannot pass under the protocol's order (setup code first):
     its setup builds trees with the Node class that its solution defines, so the setup raises NameError."""
@@ -222,6 +229,7 @@ def test_oracle_reference_code_on_tasks_11_to_510(shared_data, tmp_path):
 # --- CLI -----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_cli_end_to_end_on_real_data(tmp_path, shared_data):
     out = tmp_path / "run"
     proc = run_cli("task=mbpp", "model=tiny", f"data.path={shared_data / 'mbpp'}", "limit=2", "task.max_new_tokens=16",

@@ -287,6 +287,7 @@ def test_sample_data_end_to_end_through_the_runner(task_class):
 # --- the real data ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("task_class, n_subjects, n_questions", [(MMLU, 57, 14042), (CEval, 52, 1346), (CMMLU, 67, 11582)])
+@pytest.mark.shared_data
 def test_real_data_has_every_subject_and_row(shared_data, task_class, n_subjects, n_questions):
     task = task_class()
     root = shared_data / task.name
@@ -305,6 +306,7 @@ def test_real_data_has_every_subject_and_row(shared_data, task_class, n_subjects
     assert sum(k.startswith("subject/") and k.endswith("/acc") for k in metrics) == n_subjects
 
 
+@pytest.mark.shared_data
 def test_real_mmlu_protocols_differ_exactly_on_the_none_cells(shared_data):
     qwen = MMLU(protocol="qwen").load(DataSpec("local", str(shared_data / "mmlu")))
     clean = MMLU(protocol="clean").load(DataSpec("local", str(shared_data / "mmlu")))
@@ -318,6 +320,7 @@ def test_real_mmlu_protocols_differ_exactly_on_the_none_cells(shared_data):
         assert all(c == "nan" for c, t in zip(ours, theirs) if t == "None")
 
 
+@pytest.mark.shared_data
 def test_golden_fixtures_and_samples_are_real_rows(shared_data):
     # Fixtures are whole upstream files (so pandas infers the same column types as on the real
     # data); samples are a header and the first rows of upstream files, byte for byte.

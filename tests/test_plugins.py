@@ -12,9 +12,9 @@ import pytest
 from cli_helpers import read_results, read_samples, run_cli
 
 TOY_TASK = '''
-from qwen_eval.metrics import add_metric, mean_stderr
 from qwen_eval.requests import Generate
 from qwen_eval.task import Sample, Task
+from qwen_eval.tasks.scoring.metrics import add_metric, mean_stderr
 from dataclasses import dataclass
 
 

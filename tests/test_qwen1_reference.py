@@ -17,6 +17,8 @@ import torch
 from helpers_checkpoints import max_abs_diff
 from qwen_eval.model.loading import from_pretrained
 
+pytestmark = pytest.mark.shared_data  # shared/data/qwen1-reference
+
 
 @pytest.fixture(scope="module")
 def reference(shared_data):

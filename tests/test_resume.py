@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cli_helpers import read_results, read_samples, run_cli
+
+pytestmark = pytest.mark.slow  # kills and reruns the qwen-eval command
 
 
 def _cached_answers(db: Path) -> int:

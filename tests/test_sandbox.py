@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import qwen_eval.sandbox as sandbox_module
 from qwen_eval.errors import UserError
-from qwen_eval.metrics import pass_at_k
-from qwen_eval.sandbox import RUNNER_TAG, Limits, Sandbox
 from qwen_eval.tasks.code_eval import pass_ks, sandbox_from_options
+from qwen_eval.tasks.scoring import confinement, protections
+from qwen_eval.tasks.scoring.confinement import Limits
+from qwen_eval.tasks.scoring.metrics import pass_at_k
+from qwen_eval.tasks.scoring.sandbox import RUNNER_TAG, Sandbox
 
 pytestmark = pytest.mark.slow  # subprocesses: the command, servers, ranks or sandboxed programs
 
@@ -383,15 +384,15 @@ class _Refuses:
         self.real, self.mount, self.prctl = real, real.mount, real.prctl
 
     def unshare(self, flags):
-        return -1 if flags & sandbox_module.CLONE_NEWNET else self.real.unshare(flags)
+        return -1 if flags & confinement.CLONE_NEWNET else self.real.unshare(flags)
 
 
 def test_a_refused_namespace_is_recorded_and_the_others_kept(monkeypatch):
-    monkeypatch.setattr(sandbox_module, "_libc", _Refuses(sandbox_module._libc))
-    plan = sandbox_module._detect("nobody", None)
+    monkeypatch.setattr(confinement, "_libc", _Refuses(confinement._libc))
+    plan = protections.detect("nobody", None)
     assert not plan.network_namespace and any("network_namespace refused" in n for n in plan.notes)
     monkeypatch.undo()
-    full = sandbox_module._detect("nobody", None)
+    full = protections.detect("nobody", None)
     for key in ("pid_namespace", "ipc_namespace", "private_tmp", "no_new_privs", "uid"):
         assert getattr(plan, key) == getattr(full, key), key
 

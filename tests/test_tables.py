@@ -22,9 +22,10 @@ import pytest
 from qwen_eval.errors import UserError
 from qwen_eval.reference import load_reference
 from qwen_eval.run_files import load_runs
-from qwen_eval.table_cli import main
+from qwen_eval.table_cli import build_tables, main
 from qwen_eval.table_formats import figure, format_table, to_latex, to_markdown, write_table
-from qwen_eval.tables import build_long_context_table, build_table, build_tables
+from qwen_eval.tables import build_table
+from qwen_eval.tasks.arxiv_ppl_table import build_long_context_table
 
 MMLU, CEVAL, GSM8K = "MMLU (5-shot)", "C-Eval (5-shot)", "GSM8K (8-shot)"
 HE_INSTRUCT, MBPP_INSTRUCT, MBPPPLUS = "HumanEval (0-shot, instruct)", "MBPP (0-shot, instruct)", "MBPP+ (0-shot, instruct)"

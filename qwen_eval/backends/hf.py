@@ -20,7 +20,7 @@ from qwen_eval.errors import UserError
 from qwen_eval.provenance import folder_identity
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.loading import weights_fingerprint
-from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_windows
+from qwen_eval.model.token_plans import ScoringRow, choice_results, plan_choices, rolling_tokens, rolling_windows
 from qwen_eval.requests import (DEFAULT_MAX_LENGTH, Choice, ChoiceResult, Generate, GenerateResult, Rolling,
                                 RollingResult, cut_at_stop, new_token_budget, request_key)
 
@@ -113,17 +113,13 @@ class HFBackend(Backend):
             if lc is not None and (lc.use_dynamic_ntk or lc.use_logn_attn or lc.window_attn):
                 raise unsupported("hf", "Rolling requests with dynamic NTK, LogN or window attention",
                                   "use the bundled engine (model=tiny, qwen-14b, ...)")
-            ids = self._encode(r.text)
-            total = len(ids)
-            if r.first_tokens is not None:
-                if total < r.first_tokens:
-                    results.append(RollingResult(0.0, 0, total))
-                    continue
-                ids = ids[:r.first_tokens]
+            text = self._encode(r.text)
+            ids = rolling_tokens(text, r.first_tokens)
             rows = [ScoringRow(ids[a:b], list(range(f - a - 1, b - a - 1)), ids[f:b])
                     for a, b, f in rolling_windows(len(ids), r.max_length or self.max_length, r.stride)]
             scores = self._score_rows(rows)
-            results.append(RollingResult(sum(sum(lp) for lp, _ in scores), sum(len(row.targets) for row in rows), total))
+            results.append(RollingResult(float(sum(sum(lp) for lp, _ in scores)), sum(len(row.targets) for row in rows),
+                                         len(text)))
         return results
 
     # -- generation -------------------------------------------------------------------------------

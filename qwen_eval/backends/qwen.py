@@ -18,23 +18,11 @@ from qwen_eval.model.engine import Engine
 from qwen_eval.model.host_memory import bound_kernel_caches, release_free_memory
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
-from qwen_eval.model.model import Qwen, QwenConfig, random_qwen, window_schedule
+from qwen_eval.model.model import Qwen, QwenConfig, random_qwen, resolve_window_attn
 from qwen_eval.model.tokenizer import load_tokenizer
 from qwen_eval.requests import Choice, ChoiceResult, Generate, GenerateResult, Rolling, RollingResult
 
 ENGINE_VERSION = "1"  # bump when a change to the engine changes answers (invalidates cached ones)
-
-
-def window_sizes(setting: Any, cfg: QwenConfig) -> tuple[int, ...] | None:
-    """`model.window_attn`: null (off), "schedule" (our documented default bands), or a list."""
-    if setting in (None, False, "off", "none"):
-        return None
-    if setting in (True, "schedule", "default"):
-        return window_schedule(cfg.num_layers, cfg.seq_length)
-    sizes = tuple(int(w) for w in setting)
-    if len(sizes) != cfg.num_layers:
-        raise UserError(f"model.window_attn has {len(sizes)} sizes but the model has {cfg.num_layers} layers")
-    return sizes
 
 
 def build_tiny(seed: int = 0, **overrides) -> Qwen:
@@ -146,7 +134,9 @@ class QwenBackend(Backend):
         for key in ("use_dynamic_ntk", "use_logn_attn"):
             if cfg.get(key) is not None:
                 setattr(mc, key, bool(cfg[key]))
-        mc.window_attn = window_sizes(cfg.get("window_attn"), mc)
+        # resolved once, here: the config then holds the sizes every forward uses and describe() reports
+        mc.window_attn = resolve_window_attn(cfg.get("window_attn"), mc.num_layers, mc.seq_length,
+                                             option="model.window_attn")
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         model.set_attention(attention)
         max_length = int(cfg.get("max_length") or mc.seq_length)

@@ -5,15 +5,9 @@
     sandbox.info()                              # which protections are active (for results.json)
 
 Each program runs in a fresh interpreter (`python -I`) started by a small runner script, in its own
-session and process group, with stdin closed, a scrubbed environment, an empty temporary working
-directory (removed afterwards) and resource limits (address space, CPU seconds, file size, open
-files, processes, no core files). Where the kernel allows it, the child also gets new network, PID,
-IPC and mount namespaces: no network but a down loopback; every process it starts dies with it; the
-world-writable directories (/tmp, /var/tmp, /dev/shm, /run/lock) and the working directory are
-small private tmpfs mounts, so nothing it writes reaches the host disk. Running as root, the child
-drops to an unprivileged user (`nobody`) so file permissions and RLIMIT_NPROC bind and the harness
-cannot be signalled; not root, it tries a user namespace for the same namespaces. What could not be
-set up is recorded by `info()`, never silently assumed.
+session and process group, with stdin closed and an empty temporary working directory (removed
+afterwards), confined as tasks/scoring/confinement.py sets up (limits, namespaces, private tmpfs,
+an unprivileged user) with the protections tasks/scoring/protections.py found this machine allows.
 
 A program passes only when its code ran to the end: after `exec` of the program returns, the runner
 writes a per-run random token, read from an inherited pipe before the program started, to a second
@@ -30,34 +24,22 @@ whose environment carries this run's marker; so children that escaped into new s
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import pwd
-import resource
 import secrets
 import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
-# clone(2) / mount(2) flags (linux/sched.h, linux/mount.h)
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = \
-    0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
-PR_SET_NO_NEW_PRIVS = 38
+from qwen_eval.tasks.scoring.confinement import PROGRAM_FILE, Limits, Plan, child_setup, environment, write_file
+from qwen_eval.tasks.scoring.protections import plan_for
 
-# The directories any user may write to on a Debian-like system; each gets a private tmpfs.
-WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-PROGRAM_FILE = "program.py"
 RUNNER_TAG = "qwen-eval-sandbox"  # in every runner's command line, so tests can find leftovers
 
 # The runner: reads the token, then forks twice: a small init (PID 1 of the new PID namespace, so
@@ -113,20 +95,6 @@ main(int(sys.argv[2]), int(sys.argv[3]))
 '''
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-program limits. cpu_seconds None = the wall timeout rounded up."""
-
-    timeout: float = 10  # wall-clock seconds per program (written 10: the config shows it as the YAML did)
-    memory_mb: int = 1024  # RLIMIT_AS
-    cpu_seconds: int | None = None  # RLIMIT_CPU
-    file_size_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write
-    disk_mb: int = 64  # size of each private tmpfs (working directory, /tmp, ...)
-    open_files: int = 128  # RLIMIT_NOFILE
-    max_processes: int = 32  # RLIMIT_NPROC headroom per program (processes and threads)
-    output_bytes: int = 64 * 1024  # stdout / stderr kept per stream (the last bytes)
-
-
 DEFAULT_USER = "nobody"  # the unprivileged user programs run as when the harness runs as root
 
 
@@ -167,24 +135,6 @@ class Outcome:
                 "stderr_tail": self.stderr[-tail:]}
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """How children are set up on this machine (found once by `_detect`)."""
-
-    python: str
-    python_version: str
-    user: str
-    uid: int | None  # switch to this uid/gid (running as root), else None
-    gid: int | None
-    user_namespace: bool = False
-    network_namespace: bool = False
-    pid_namespace: bool = False
-    ipc_namespace: bool = False
-    private_tmp: bool = False  # mount namespace with tmpfs over WRITABLE_DIRS and the working dir
-    no_new_privs: bool = False
-    notes: tuple[str, ...] = ()
-
-
 class _Tail:
     """The last `cap` bytes of a stream, and how many bytes there were in all."""
 
@@ -199,198 +149,6 @@ class _Tail:
 
     def text(self) -> str:
         return self.data.decode("utf-8", errors="replace")
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _read_file(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: str, data: bytes, uid: int | None, gid: int | None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    if uid is not None:
-        os.chown(path, uid, gid)
-
-
-def _child_setup(plan: _Plan, limits: Limits, nproc: int, workdir: str | None) -> Callable[[], None]:
-    """The preexec_fn: runs in the forked child before exec. Everything it calls is bound here,
-    in the parent, and it raises on any step that fails (the spawn then fails loudly)."""
-    cpu = limits.cpu_seconds or max(1, math.ceil(limits.timeout))
-    # (which, (soft, hard)) built here: once RLIMIT_AS binds, the forked child, which still has the
-    # harness's address space (gigabytes with a model loaded), can allocate nothing more, so the
-    # limits are set last, with nothing left to build.
-    rlimits = [(resource.RLIMIT_CORE, (0, 0)),
-               (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-               (resource.RLIMIT_FSIZE, (limits.file_size_mb << 20, limits.file_size_mb << 20)),
-               (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
-               (resource.RLIMIT_AS, (limits.memory_mb << 20, limits.memory_mb << 20))]
-    if plan.uid is not None or plan.user_namespace:  # root ignores RLIMIT_NPROC
-        rlimits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
-    flags = ((CLONE_NEWNET if plan.network_namespace else 0) | (CLONE_NEWPID if plan.pid_namespace else 0)
-             | (CLONE_NEWIPC if plan.ipc_namespace else 0) | (CLONE_NEWNS if plan.private_tmp else 0))
-    outer_uid, outer_gid = os.getuid(), os.getgid()
-    tmpfs = f"size={limits.disk_mb}m,nr_inodes=16384,mode=1777".encode()
-    mounts = [d for d in WRITABLE_DIRS if os.path.isdir(d) and not os.path.islink(d)]
-    setrlimit, unshare, mount, prctl = resource.setrlimit, _libc.unshare, _libc.mount, _libc.prctl
-    uid, gid = plan.uid, plan.gid
-
-    def setup() -> None:
-        if plan.user_namespace:
-            _check(unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-            with open("/proc/self/uid_map", "w") as f:
-                f.write(f"{outer_uid} {outer_uid} 1")
-            with open("/proc/self/gid_map", "w") as f:
-                f.write(f"{outer_gid} {outer_gid} 1")
-        if flags:
-            _check(unshare(flags), "unshare")
-        if plan.private_tmp and workdir is not None:
-            program = _read_file(os.path.join(workdir, PROGRAM_FILE))
-            _check(mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-            for d in mounts:
-                _check(mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, tmpfs), f"mount tmpfs {d}")
-            if os.path.isdir(workdir):  # not under one of the mounts: give it a tmpfs of its own
-                _check(mount(b"tmpfs", workdir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, tmpfs), "mount tmpfs")
-            else:
-                os.makedirs(workdir, 0o700)
-            if uid is not None:
-                os.chown(workdir, uid, gid)
-            os.chmod(workdir, 0o700)
-            _write_file(os.path.join(workdir, PROGRAM_FILE), program, uid, gid)
-            os.chdir(workdir)
-        if plan.no_new_privs:
-            _check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-        for which, pair in rlimits:  # lowering a limit needs no privilege, so after setuid is fine
-            setrlimit(which, pair)
-
-    return setup
-
-
-# --- finding what this machine allows (once per process and user/python) ---------------------------
-
-_PLANS: dict[tuple[str, str | None], _Plan] = {}
-_PLANS_LOCK = threading.Lock()
-
-
-def _try_spawn(plan: _Plan, argv: list[str] | None = None) -> str | None:
-    """Start `python -I -c ...` under `plan`; None when it ran, else why not."""
-    workdir = tempfile.mkdtemp(prefix="qwen-eval-sandbox-probe-")
-    try:
-        _write_file(os.path.join(workdir, PROGRAM_FILE), b"", plan.uid, plan.gid)
-        if plan.uid is not None:
-            os.chown(workdir, plan.uid, plan.gid)
-        proc = subprocess.run(argv or [plan.python, "-I", "-c", "import os; os.listdir('.')"], cwd=workdir,
-                              env=_environment(workdir, "probe"), stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=30, start_new_session=True,
-                              preexec_fn=_child_setup(plan, Limits(), 256, workdir))
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"{type(e).__name__}: {e}"
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        return f"exit {proc.returncode}" + (f" ({tail[0]})" if tail else "")
-    return None
-
-
-def _detect(user: str, python: str | None) -> _Plan:
-    notes: list[str] = []
-    root = os.geteuid() == 0
-    uid = gid = None
-    name = pwd.getpwuid(os.geteuid()).pw_name if not root else user
-    if root:
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            raise RuntimeError(f"sandbox: user {user!r} does not exist; set task.sandbox.user to an "
-                               f"unprivileged user") from None
-        uid, gid = entry.pw_uid, entry.pw_gid
-        if uid == 0:
-            raise RuntimeError(f"sandbox: user {user!r} is root; set task.sandbox.user to an unprivileged user")
-    candidates = [python] if python else [sys.executable] + [
-        p for p in (shutil.which("python3", path=SAFE_PATH),) if p and p != sys.executable]
-    chosen = None
-    for candidate in candidates:
-        why = _try_spawn(_Plan(candidate, "", name, uid, gid))
-        if why is None:
-            chosen = candidate
-            break
-        notes.append(f"{candidate} cannot run as {name}: {why}")
-    if chosen is None:
-        raise RuntimeError(f"sandbox: no Python interpreter runs as user {name} ({'; '.join(notes)}); "
-                           f"set task.sandbox.python=PATH to one it can execute")
-    version = subprocess.run([chosen, "-I", "-c", "import sys; print(sys.version.split()[0])"],
-                             capture_output=True, text=True, timeout=30).stdout.strip()
-    base = _Plan(chosen, version, name, uid, gid)
-    wanted = dict(network_namespace=True, pid_namespace=True, ipc_namespace=True, private_tmp=True,
-                  no_new_privs=True, user_namespace=not root)
-    plan = replace(base, **wanted)
-    if _try_spawn(plan) is None:
-        return replace(plan, notes=tuple(notes))
-    # Something is refused: keep each protection that works on its own (with the user namespace
-    # when not root, which the others need there).
-    userns = not root and _try_spawn(replace(base, user_namespace=True)) is None
-    if not root and not userns:
-        notes.append("user namespaces are not available to this user: no namespaces")
-    working = {"user_namespace": userns}
-    for key in ("network_namespace", "pid_namespace", "ipc_namespace", "private_tmp", "no_new_privs"):
-        if key != "no_new_privs" and not root and not userns:
-            working[key] = False
-            continue
-        why = _try_spawn(replace(base, user_namespace=userns, **{key: True}))
-        working[key] = why is None
-        if why is not None:
-            notes.append(f"{key} refused: {why}")
-    plan = replace(base, **working)
-    if _try_spawn(plan) is not None:  # each alone works but not together: the safe minimum
-        notes.append("the protections that work alone fail together; running without namespaces")
-        plan = replace(base, no_new_privs=working["no_new_privs"])
-    return replace(plan, notes=tuple(notes))
-
-
-def _plan_for(user: str, python: str | None) -> _Plan:
-    with _PLANS_LOCK:
-        key = (user, python)
-        if key not in _PLANS:
-            _PLANS[key] = _detect(user, python)
-        return _PLANS[key]
-
-
-# --- running ----------------------------------------------------------------------------------------
-
-def _environment(workdir: str, marker: str) -> dict[str, str]:
-    """A minimal environment: nothing of the harness's (tokens, keys, paths) reaches a program."""
-    return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir, "TMPDIR": "/tmp",
-            "QWEN_EVAL_SANDBOX": marker}
 
 
 def _processes() -> list[int]:
@@ -430,8 +188,8 @@ class Sandbox:
         self.python = python
 
     @property
-    def plan(self) -> _Plan:
-        return _plan_for(self.user, self.python)
+    def plan(self) -> Plan:
+        return plan_for(self.user, self.python)
 
     def info(self) -> dict[str, Any]:
         """Which protections are active here (results.json records it)."""
@@ -450,7 +208,7 @@ class Sandbox:
                         "core": 0},
             "timeout_seconds": limits.timeout, "tmpfs_mb": limits.disk_mb if plan.private_tmp else None,
             "output_bytes_kept": limits.output_bytes, "workers": self.workers,
-            "environment": sorted(_environment("", "")),
+            "environment": sorted(environment("", "")),
             "pass_rule": "exit status 0 and the per-run token written after the program's last line",
             "notes": list(plan.notes),
         }
@@ -478,7 +236,7 @@ class Sandbox:
         proc = None
         pid_ns = None
         try:
-            _write_file(os.path.join(workdir, PROGRAM_FILE), program.encode("utf-8", "surrogatepass"),
+            write_file(os.path.join(workdir, PROGRAM_FILE), program.encode("utf-8", "surrogatepass"),
                         plan.uid, plan.gid)
             if plan.uid is not None:
                 os.chown(workdir, plan.uid, plan.gid)
@@ -523,13 +281,13 @@ class Sandbox:
             status = "failed"
         return Outcome(status, None if timed_out else code, seconds, out.text(), err.text(), truncated)
 
-    def _spawn(self, plan: _Plan, workdir: str, marker: str, token_r: int, result_w: int,
+    def _spawn(self, plan: Plan, workdir: str, marker: str, token_r: int, result_w: int,
                deadline: float) -> subprocess.Popen | None:
-        setup = _child_setup(plan, self.limits, self._nproc(), workdir)
+        setup = child_setup(plan, self.limits, self._nproc(), workdir)
         argv = [plan.python, "-I", "-c", RUNNER, RUNNER_TAG, str(token_r), str(result_w)]
         while True:
             try:
-                return subprocess.Popen(argv, cwd=workdir, env=_environment(workdir, marker),
+                return subprocess.Popen(argv, cwd=workdir, env=environment(workdir, marker),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         pass_fds=(token_r, result_w), start_new_session=True, preexec_fn=setup)
             except BlockingIOError:  # EAGAIN: RLIMIT_NPROC is full (another program's fork bomb)

