@@ -26,10 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from qwen_eval.run_files import read_samples_text, samples_file  # noqa: E402
+
 
 def load(run: Path) -> tuple[dict, list[dict]]:
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    text = read_samples_text(samples_file(run))
+    samples = [json.loads(line) for line in text.split("\n") if line]
     return results, samples
 
 

@@ -81,8 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.paths:
                 raise UserError("--update-readme / --check-readme take the run folders from the README's blocks; "
                                 "give no PATH with them")
-            stale = [problem for readme in args.update_readme for problem in update_readme(Path(readme), write=True)]
-            stale += [problem for readme in args.check_readme for problem in update_readme(Path(readme), write=False)]
+            for readme in args.update_readme:
+                changed = update_readme(Path(readme), write=True)
+                print(f"qwen-eval-table: {readme}: {len(changed)} generated block(s) rewritten" if changed
+                      else f"qwen-eval-table: {readme}: already what its runs give", file=sys.stderr)
+            stale = [problem for readme in args.check_readme for problem in update_readme(Path(readme), write=False)]
             for problem in stale:
                 print(f"qwen-eval-table: {problem}", file=sys.stderr)
             return 1 if stale and args.check_readme else 0
