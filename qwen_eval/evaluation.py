@@ -26,7 +26,7 @@ from qwen_eval.cache import AnswerCache
 from qwen_eval.errors import UserError
 from qwen_eval.runner import EvalResult, evaluate
 from qwen_eval.requests import Request
-from qwen_eval.run_files import protocol_of
+from qwen_eval.run_files import checkpoint_of, protocol_of
 from qwen_eval.task import DataSpec, Sample, Task
 
 DATA_SOURCES = options.DATA_SOURCES
@@ -237,7 +237,8 @@ def run_task(cfg: DictConfig, task: Task, backend: Backend, cache: AnswerCache |
 
     (out / "table.md").write_text(run_table_markdown(record), encoding="utf-8")
     limited = f", limit={cfg.limit}" if cfg.get("limit") is not None else ""
-    print(f"{task.name} ({task.shots}-shot, {backend.name}): {output.headline_text(record)}  "
+    print(f"{task.name} ({task.shots}-shot, {protocol_of(record)}, {checkpoint_of(record)['name']}): "
+          f"{output.headline_text(record)}  "
           f"[{record['n_samples']} docs{limited}, {cache_note(result, cache)}, "
           f"{record['timing']['wall_seconds']:.1f}s] -> {out}", file=sys.stdout, flush=True)
     return record

@@ -86,7 +86,7 @@ def test_the_result_line_goes_to_stdout_and_nothing_else_does(mmlu_run):
     _, out, proc = mmlu_run
     # `qwen-eval ... > log.txt` captures the result; progress and logs stay on stderr (empty here)
     assert proc.stdout.splitlines() == [proc.stdout.strip()]
-    assert proc.stdout.startswith("mmlu (5-shot, tiny): acc = ") and proc.stdout.strip().endswith(f"-> {out}")
+    assert proc.stdout.startswith("mmlu (5-shot, base, tiny): acc = ") and proc.stdout.strip().endswith(f"-> {out}")
     assert "30 answers computed" in proc.stdout
     assert proc.stderr == ""
 

@@ -53,7 +53,7 @@ def test_two_ranks_give_the_results_of_one_and_share_its_cache(single, tmp_path)
     assert results["requests"] == {"total": 30, "cached": 0}
     assert results["metrics"] == reference["metrics"]
     assert_same_samples(read_samples(tmp_path / "two"), read_samples(single_out))
-    assert two.stdout.count("mmlu (5-shot, tiny): acc") == 1  # only rank 0 reports
+    assert two.stdout.count("mmlu (5-shot, base, tiny): acc") == 1  # only rank 0 reports
 
     # two ranks reuse what one rank cached, and one rank what two cached
     reuse = torchrun(*ARGS, "batch_size=4", f"cache_dir={single_cache}", f"output_dir={tmp_path / 'reuse2'}",
