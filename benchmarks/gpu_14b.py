@@ -124,7 +124,7 @@ class Bench:
 
     # -- the model -----------------------------------------------------------------------------
     def build(self) -> dict:
-        from qwen_eval.model.model import Qwen, QwenConfig
+        from qwen_eval.model.model import Qwen, QwenConfig, init_weights
 
         torch = self.torch
         cfg = QwenConfig.preset(self.args.preset)
@@ -133,17 +133,7 @@ class Bench:
         with torch.device("meta"):
             model = Qwen(cfg)
         model = model.to(dtype=self.dtype).to_empty(device=self.device)
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
-        with torch.no_grad():  # Qwen's initialisation (docs/model.md), drawn on the device
-            for name, p in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.fill_(1.0)
-                elif name.endswith(".bias"):
-                    p.zero_()
-                else:
-                    p.normal_(0.0, out_std if name.endswith(("attn.out.weight", "mlp.down.weight")) else 0.02,
-                              generator=gen)
+        init_weights(model, seed=0, device=self.device)  # drawn on the device: no 28 GB host copy
         self.sync()
         self.model = model.eval().requires_grad_(False)
         self.cfg = cfg

@@ -411,10 +411,12 @@ class Qwen(nn.Module):
                             keep=keep)
 
 
-def init_weights(model: Qwen, seed: int) -> Qwen:
+def init_weights(model: Qwen, seed: int, device: str | torch.device = "cpu") -> Qwen:
     """Qwen's initialisation, seeded: N(0, 0.02) weights, N(0, 0.02/sqrt(2L)) output projections,
-    zero biases, unit norms. Deterministic across runs and machines (CPU generator)."""
-    gen = torch.Generator().manual_seed(seed)
+    zero biases, unit norms. Deterministic across runs and machines with the default CPU
+    generator; `device` draws on the parameters' own device instead (a 14B model on a GPU), whose
+    numbers differ from the CPU's."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     out_std = 0.02 / math.sqrt(2 * model.config.num_layers)
     with torch.no_grad():
         for name, p in model.named_parameters():
