@@ -485,7 +485,7 @@ def save_checkpoint(model: Qwen, directory: str | Path, *, format: str = "qwen",
     if tokenizer:
         if format != "qwen2":
             raise UserError("tokenizer=True writes a Qwen2 tokenizer.json; Qwen-1 checkpoints use qwen.tiktoken")
-        from qwen_eval.model.tokenizer import write_hf_tokenizer
+        from qwen_eval.model.tokenizer_json import write_hf_tokenizer
 
         write_hf_tokenizer(directory)
     return directory

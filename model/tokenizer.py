@@ -13,9 +13,8 @@ and for no checkpoint at all, an `HFTokenizer` for Qwen2-format checkpoints that
     vocab_size: int                      ids that decode (the embedding may have more rows)
     name_or_path: str                    where the vocabulary came from
 
-`write_hf_tokenizer(directory)` writes a Hugging Face `tokenizer.json` that encodes exactly like
-`QwenTokenizer` (what Qwen2's tokenizer.json is), so tests can build tiny Qwen2 checkpoints with
-the real vocabulary.
+model/tokenizer_json.py writes the Hugging Face `tokenizer.json` that encodes exactly like
+`QwenTokenizer`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import base64
 import functools
 import hashlib
 import importlib.resources
-import json
 import os
 import unicodedata
 from collections.abc import Collection, Iterable, Sequence, Set
@@ -258,7 +256,7 @@ class HFTokenizer:
         for i, token in zip(ids, self._tokenizer.convert_ids_to_tokens(ids)):
             special = self._added_tokens.get(i)
             pieces.append(special.encode("utf-8") if special is not None
-                          else bytes(_UNICODE_TO_BYTE[c] for c in token))
+                          else bytes(UNICODE_TO_BYTE[c] for c in token))
         return b"".join(pieces)
 
     def _checked(self, ids: int | Iterable[int]) -> list[int]:
@@ -322,10 +320,10 @@ class BPETokenizer:
         if pre not in GGUF_QWEN2_PRE:
             raise UserError(f"{where}: tokenizer.ggml.pre {pre!r} is not Qwen's pre-tokenizer "
                             f"({', '.join(GGUF_QWEN2_PRE)}); set model.tokenizer_path to the model's tokenizer.json")
-        alphabet = set(_BYTE_TO_UNICODE.values())
+        alphabet = set(BYTE_TO_UNICODE.values())
         vocab = {}
         for i, token in enumerate(tokens):
-            spelled = token if set(token) <= alphabet else "".join(_BYTE_TO_UNICODE[b] for b in token.encode())
+            spelled = token if set(token) <= alphabet else "".join(BYTE_TO_UNICODE[b] for b in token.encode())
             vocab.setdefault(spelled, i)
         bpe = BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False,
                   byte_fallback=False)
@@ -369,7 +367,7 @@ class BPETokenizer:
         for i in self._checked(ids):
             added = self._added.get(i)
             pieces.append(added.encode("utf-8") if added is not None
-                          else bytes(_UNICODE_TO_BYTE[c] for c in self._tokenizer.id_to_token(i)))
+                          else bytes(UNICODE_TO_BYTE[c] for c in self._tokenizer.id_to_token(i)))
         return b"".join(pieces)
 
     def _checked(self, ids: int | Iterable[int]) -> list[int]:
@@ -393,29 +391,6 @@ def load_tokenizer(checkpoint_dir: str | Path | None,
     return QwenTokenizer.from_path(find_vocab(tokenizer_path, checkpoint_dir))
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing the equivalent Hugging Face tokenizer.json (what Qwen2 ships)
-
-# As Qwen2 ships it. transformers 5 then rebuilds the pipeline in Qwen2Tokenizer (same NFC and
-# regex) from our vocabulary and merges; transformers 4 and other readers use tokenizer.json as is.
-_TOKENIZER_CONFIG = {
-    "tokenizer_class": "Qwen2Tokenizer",
-    "bos_token": None,
-    "eos_token": ENDOFTEXT,
-    "pad_token": ENDOFTEXT,
-    "unk_token": None,
-    "clean_up_tokenization_spaces": False,
-    "add_prefix_space": False,
-    "split_special_tokens": False,
-    "errors": "replace",
-    "model_max_length": 32768,
-    "added_tokens_decoder": {
-        str(i): {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
-        for token, i in SPECIAL_TOKENS.items()
-    },
-}
-
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68
@@ -428,101 +403,5 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-_BYTE_TO_UNICODE = _bytes_to_unicode()
-_UNICODE_TO_BYTE = {c: b for b, c in _BYTE_TO_UNICODE.items()}
-
-
-def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """The BPE merge that creates each token of >= 2 bytes, in rank order.
-
-    tiktoken has ranks, not merges. Running BPE on a token's own bytes with only the lower ranks
-    must stop at exactly two parts; joining them is the merge that creates the token.
-    """
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        if len(token) < 2:
-            continue
-        parts = [token[i:i + 1] for i in range(len(token))]
-        while len(parts) > 2:
-            pair_ranks = [ranks.get(parts[i] + parts[i + 1], rank) for i in range(len(parts) - 1)]
-            best = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
-            if pair_ranks[best] >= rank:
-                break
-            parts[best:best + 2] = [parts[best] + parts[best + 1]]
-        if len(parts) != 2:
-            raise UserError(f"vocabulary token of rank {rank} ({token!r}) cannot be built by BPE "
-                            f"from lower ranks; this is not a BPE vocabulary")
-        merges.append((parts[0], parts[1]))
-    return merges
-
-
-def build_hf_tokenizer_json(vocab_file: Path) -> str:
-    """tokenizer.json text equivalent to QwenTokenizer over `vocab_file` (a few seconds)."""
-    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers,
-                            processors)
-    from tokenizers.models import BPE
-
-    ranks, _ = read_vocab(vocab_file)
-
-    def unicode_form(token: bytes) -> str:
-        return "".join(_BYTE_TO_UNICODE[b] for b in token)
-
-    vocab = {unicode_form(token): rank for token, rank in ranks.items()}
-    merges = [(unicode_form(a), unicode_form(b)) for a, b in recover_merges(ranks)]
-    # ignore_merges: a pre-token that is itself a vocabulary entry is taken whole, as tiktoken does
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False,
-                              byte_fallback=False))
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                                  for token in SPECIAL_TOKENS])
-    wrong = {token: i for token, i in SPECIAL_TOKENS.items() if tokenizer.token_to_id(token) != i}
-    assert not wrong, f"special tokens got unexpected ids: {wrong}"
-    return tokenizer.to_str()
-
-
-def write_hf_tokenizer(directory: str | Path, vocab_file: str | Path | None = None) -> Path:
-    """Write tokenizer.json + tokenizer_config.json for `AutoTokenizer.from_pretrained(directory)`.
-
-    The conversion takes seconds, so its result is kept in memory and under
-    `$QWEN_EVAL_CACHE/tokenizer/<sha256 of the vocabulary>/` (default ~/.cache/qwen-eval).
-    """
-    vocab = QwenTokenizer.from_path(vocab_file or packaged_vocab())
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tokenizer.json").write_text(_hf_tokenizer_json(vocab.vocab_sha256, vocab.name_or_path),
-                                              encoding="utf-8")
-    (directory / "tokenizer_config.json").write_text(json.dumps(_TOKENIZER_CONFIG, indent=2) + "\n",
-                                                     encoding="utf-8")
-    return directory
-
-
-_HF_JSON_MEMO: dict[str, str] = {}  # vocabulary sha256 -> tokenizer.json text, for this process
-
-
-def _hf_tokenizer_json(sha256: str, vocab_file: str) -> str:
-    if sha256 in _HF_JSON_MEMO:
-        return _HF_JSON_MEMO[sha256]
-    cached = _cache_root() / "tokenizer" / sha256 / "tokenizer.json"
-    try:
-        text = cached.read_text(encoding="utf-8")
-    except OSError:
-        text = build_hf_tokenizer_json(Path(vocab_file))
-        try:  # best effort; another process may write the same file, replace() keeps it whole
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_name(f"tokenizer.json.{os.getpid()}.tmp")
-            partial.write_text(text, encoding="utf-8")
-            partial.replace(cached)
-        except OSError:
-            pass
-    _HF_JSON_MEMO[sha256] = text
-    return text
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("QWEN_EVAL_CACHE") or "~/.cache/qwen-eval").expanduser()
+BYTE_TO_UNICODE = _bytes_to_unicode()
+UNICODE_TO_BYTE = {c: b for b, c in BYTE_TO_UNICODE.items()}

@@ -110,10 +110,10 @@ def tiny_bpe_vocab(text: str, size: int = 512) -> dict:
 
     import regex
 
-    from qwen_eval.model.tokenizer import _BYTE_TO_UNICODE, PRETOKENIZE_REGEX
+    from qwen_eval.model.tokenizer import BYTE_TO_UNICODE, PRETOKENIZE_REGEX
 
-    tokens = [_BYTE_TO_UNICODE[b] for b in range(256)]
-    words = collections.Counter("".join(_BYTE_TO_UNICODE[b] for b in w.encode()) for w in
+    tokens = [BYTE_TO_UNICODE[b] for b in range(256)]
+    words = collections.Counter("".join(BYTE_TO_UNICODE[b] for b in w.encode()) for w in
                                 regex.findall(PRETOKENIZE_REGEX, text))
     split = {w: list(w) for w in words}
     merges: list[str] = []

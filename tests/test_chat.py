@@ -38,7 +38,7 @@ def _templates() -> dict[str, str]:
 def hf_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from qwen_eval.model.tokenizer import write_hf_tokenizer
+    from qwen_eval.model.tokenizer_json import write_hf_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(write_hf_tokenizer(tmp_path_factory.mktemp("tok")))
     tokenizer.bos_token = "<|endoftext|>"  # so the Llama-3-style template's bos_token is exercised

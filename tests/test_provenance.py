@@ -77,7 +77,7 @@ def test_a_chat_samples_prompt_is_the_rendered_input_byte_for_byte(tmp_path, pro
     the task's turns (system line included), plus the pre-filled start of the reply."""
     from transformers import AutoTokenizer
 
-    from qwen_eval.model.tokenizer import write_hf_tokenizer
+    from qwen_eval.model.tokenizer_json import write_hf_tokenizer
 
     template = TEMPLATES / "qwen2.5.jinja"
     out = tmp_path / "run"

@@ -13,6 +13,7 @@ import pytest
 
 from qwen_eval.errors import UserError
 from qwen_eval.model import tokenizer as T
+from qwen_eval.model import tokenizer_json as TJ
 from qwen_eval.model.tokenizer import HFTokenizer, QwenTokenizer, find_vocab, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
@@ -29,7 +30,7 @@ def hf_dir(tmp_path_factory) -> Path:
     """A folder laid out like a tiny Qwen2 checkpoint, with the rebuilt tokenizer."""
     with pytest.MonkeyPatch.context() as mp:  # never the user's ~/.cache
         mp.setenv("QWEN_EVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
-        directory = T.write_hf_tokenizer(tmp_path_factory.mktemp("qwen2-tiny"))
+        directory = TJ.write_hf_tokenizer(tmp_path_factory.mktemp("qwen2-tiny"))
     (directory / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     return directory
 
@@ -286,15 +287,15 @@ def test_conversion_is_cached_on_disk(tmp_path, monkeypatch):
         built.append(vocab_file)
         return '{"converted": true}'
 
-    monkeypatch.setattr(T, "build_hf_tokenizer_json", fake_build)
-    monkeypatch.setattr(T, "_HF_JSON_MEMO", {})
+    monkeypatch.setattr(TJ, "build_hf_tokenizer_json", fake_build)
+    monkeypatch.setattr(TJ, "_HF_JSON_MEMO", {})
     monkeypatch.setenv("QWEN_EVAL_CACHE", str(tmp_path / "cache"))
-    T.write_hf_tokenizer(tmp_path / "a")
+    TJ.write_hf_tokenizer(tmp_path / "a")
     assert len(built) == 1
     cached = tmp_path / "cache" / "tokenizer" / QWEN_VOCAB_SHA256 / "tokenizer.json"
     assert cached.read_text() == '{"converted": true}'
-    monkeypatch.setattr(T, "_HF_JSON_MEMO", {})  # a new process: only the disk cache is left
-    T.write_hf_tokenizer(tmp_path / "b")
+    monkeypatch.setattr(TJ, "_HF_JSON_MEMO", {})  # a new process: only the disk cache is left
+    TJ.write_hf_tokenizer(tmp_path / "b")
     assert len(built) == 1
     assert (tmp_path / "b" / "tokenizer.json").read_text() == '{"converted": true}'
 
@@ -304,10 +305,10 @@ def test_recover_merges_on_a_toy_vocabulary():
     for token in (b"ab", b"abc", b"bc", b"abcd"):
         ranks[token] = len(ranks)
     # "abcd": BPE with lower ranks gives ab (256), then abc (257); "bc" (258) comes too late
-    assert T.recover_merges(ranks) == [(b"a", b"b"), (b"ab", b"c"), (b"b", b"c"), (b"abc", b"d")]
+    assert TJ.recover_merges(ranks) == [(b"a", b"b"), (b"ab", b"c"), (b"b", b"c"), (b"abc", b"d")]
     ranks[b"xyz"] = len(ranks)  # no "xy" or "yz": BPE can never build it
     with pytest.raises(UserError, match="xyz"):
-        T.recover_merges(ranks)
+        TJ.recover_merges(ranks)
 
 
 def test_hf_parity_on_random_token_sequences(hf_dir, tok):
