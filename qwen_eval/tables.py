@@ -118,12 +118,28 @@ def build_table(results: Results, *, references: Sequence[ReferenceTable] | None
     columns = _order_benchmark_columns(keys, card_shots)
     headers = {key: column_header(*key) for key in columns}
     table = assemble(reported, measured_rows, diff_of, [headers[k] for k in columns], headers)
+    column_protocols = {p: i for i, p in enumerate(dict.fromkeys(k[2] for k in columns))}  # the sections' order
+    table = table.loc[_beside_their_model(list(table.index), protocols, column_protocols)]
     table.attrs.update(kind="benchmarks", decimals=1, show_stderr=stderr, reference_row=reference_row,
                        references=[ref.provenance() for ref in refs if any(r is ref for r, _ in chosen)],
                        units="percent", row_protocol=protocols,
                        column_protocol={headers[k]: k[2] for k in columns},
                        data_versions=_data_versions(measured_rows, headers))
     return table
+
+
+def _beside_their_model(rows: list[str], protocol_of: Mapping[str, str], protocol_rank: Mapping[str, int]) -> list[str]:
+    """Rows by protocol (base first, then as first seen), and within a protocol grouped by model (the
+    label's first part) in the order the models first appear, so a model's published row stands right
+    above its measured rows; within a group the order is kept."""
+    def group(row: str) -> tuple[int, str]:
+        protocol = protocol_of.get(row, "")
+        return protocol_rank.get(protocol, len(protocol_rank)), row.split(" · ")[0]
+
+    first: dict[tuple[int, str], int] = {}
+    for position, row in enumerate(rows):
+        first.setdefault(group(row), position)
+    return sorted(rows, key=lambda row: (group(row)[0], first[group(row)], rows.index(row)))
 
 
 def _data_versions(measured: Mapping[str, Mapping[tuple, list[_Measured]]], headers: Mapping[tuple, str]) -> dict[str, str]:

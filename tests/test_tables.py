@@ -267,6 +267,18 @@ def test_reference_rows_only_beside_the_same_model_and_protocol(tmp_path):
         build_table([card], reference_row="GPT-5")
 
 
+def test_each_published_row_stands_right_above_its_own_models_measured_rows():
+    def run(model: str, dtype: str) -> dict:
+        return results("humaneval", model, 0.6, shots=0, column="HumanEval", metric="pass@1", prompt="instruct",
+                       dtype=dtype, n=164, of=164, quantization="GGUF Q4_K_M")
+
+    small, large = "Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5-Coder-1.5B-Instruct"
+    table = build_table([run(large, "float32"), run(small, "float32"), run(large, "bfloat16")])
+    assert list(table.index) == [f"{small} · Qwen2.5-Coder report · instruct", f"{small} · GGUF Q4_K_M · float32 · instruct",
+                                 f"{large} · Qwen2.5-Coder report · instruct", f"{large} · GGUF Q4_K_M · float32 · instruct",
+                                 f"{large} · GGUF Q4_K_M · bfloat16 · instruct"]
+
+
 def test_labels_rename_a_checkpoint_and_old_runs_are_named_by_their_file(tmp_path):
     run = results("mmlu", "tiny", 0.3, column="MMLU")
     assert list(build_table([run], labels={"tiny": "Tiny-Qwen"}).index) == ["Tiny-Qwen · float32 · base"]
