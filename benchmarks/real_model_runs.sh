@@ -44,13 +44,17 @@ run mmlu-full float32 task=mmlu data.path=$DATA/mmlu
 run mmlu-full bfloat16 task=mmlu data.path=$DATA/mmlu
 run gsm8k-full bfloat16 task=gsm8k data.path=$DATA/gsm8k
 
-# The Qwen2.5-Coder report's instruct code table (HumanEval; MBPP and MBPP+ from one run), fp32
-run humaneval-instruct float32 task=humaneval task.prompt=instruct
-run mbppplus float32 task=mbppplus data.path=$DATA/mbppplus
+# The Qwen2.5-Coder report's instruct code table (HumanEval; MBPP and MBPP+ from one run)
+for dtype in float32 bfloat16; do
+  run humaneval-instruct $dtype task=humaneval task.prompt=instruct
+  run mbppplus $dtype task=mbppplus data.path=$DATA/mbppplus
+done
 
 OUT=results/real-1.5b/runs
 MODEL="model=qwen model.path=$(python -m qwen_eval.tools.fixtures real-1.5b) model.max_batch_tokens=32768"
-run humaneval-instruct float32 task=humaneval task.prompt=instruct
-run mbppplus float32 task=mbppplus data.path=$DATA/mbppplus
+for dtype in float32 bfloat16; do
+  run humaneval-instruct $dtype task=humaneval task.prompt=instruct
+  run mbppplus $dtype task=mbppplus data.path=$DATA/mbppplus
+done
 
 qwen-eval-table --update-readme results/real-0.5b/README.md --update-readme results/real-1.5b/README.md
