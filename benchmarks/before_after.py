@@ -13,13 +13,14 @@ whether the two runs' predictions are the same sample for sample. Run it alone o
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from qwen_eval.run_files import read_samples_text, samples_file
 
 CASES = {
     "mmlu-114": ["task=mmlu", "shots=5", "limit=2"],
@@ -29,11 +30,8 @@ DATA_FOLDER = {"mmlu-114": "mmlu", "gsm8k-16": "gsm8k"}
 
 
 def predictions(run: Path) -> list[tuple[str, str]]:
-    path = run / "samples.jsonl"
-    opener = open if path.is_file() else gzip.open
-    path = path if path.is_file() else run / "samples.jsonl.gz"
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [(r["doc_id"], json.dumps(r["prediction"])) for r in map(json.loads, f) if r]
+    text = read_samples_text(samples_file(run))
+    return [(r["doc_id"], json.dumps(r["prediction"])) for r in map(json.loads, filter(None, text.split("\n")))]
 
 
 def run_case(command: str, case: str, dtype: str, gguf: str, data: Path, out: Path) -> dict:

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qwen_eval.errors import UserError
-from qwen_eval.model.attention import (KERNELS, AttentionMeta, AttentionUnavailable, KVCache, attend,
-                                      resolve_kernel)  # noqa: F401 (KERNELS, AttentionUnavailable, KVCache: re-exported)
+from qwen_eval.model.attention import (AttentionMeta, KVCache, attend,  # noqa: F401 (KVCache: re-exported)
+                                      resolve_kernel)
 from qwen_eval.requests import WINDOW_SCHEDULE
 
 

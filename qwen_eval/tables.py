@@ -139,10 +139,11 @@ def _beside_their_model(rows: list[str], protocol_of: Mapping[str, str], protoco
     first: dict[tuple[int, str], int] = {}
     for position, row in enumerate(rows):
         first.setdefault(group(row), position)
-    return sorted(rows, key=lambda row: (group(row)[0], first[group(row)], rows.index(row)))
+    order = sorted(range(len(rows)), key=lambda i: (group(rows[i])[0], first[group(rows[i])], i))
+    return [rows[i] for i in order]
 
 
-def _data_versions(measured: Mapping[str, Mapping[tuple, list[_Measured]]], headers: Mapping[tuple, str]) -> dict[str, str]:
+def _data_versions(measured: Mapping[str, Mapping[tuple, list[Measured]]], headers: Mapping[tuple, str]) -> dict[str, str]:
     """column -> the data release its runs read, where a task records one (`extra.data.version`:
     MBPP+ v0.1.0 is not EvalPlus's current v0.2.0)."""
     found: dict[str, set[str]] = defaultdict(set)
