@@ -350,6 +350,19 @@ class BPETokenizer:
     def __repr__(self) -> str:
         return f"BPETokenizer({self.name_or_path!r})"
 
+    def to_json(self) -> str:
+        """This tokenizer as a tokenizer.json text (model/hf_export.py writes it beside the weights)."""
+        return self._tokenizer.to_str()
+
+    @property
+    def added_tokens(self) -> dict[int, str]:
+        """id -> text of every added token (control and user-defined)."""
+        return dict(self._added)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self._special_ids)
+
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 

@@ -161,6 +161,23 @@ def resolve_template(options: ChatOptions, backend: Any) -> ChatTemplate:
                     f"one with chat.template=FILE (a Jinja template, or a tokenizer_config.json that has one)")
 
 
+def server_turns(requests: Sequence[Any], options: ChatOptions) -> list[Any]:
+    """Chat requests for a backend that renders turns itself (model=openai with
+    model.chat_completions=true): the system prompt added, `chat.enabled` turning a plain context
+    into one user turn; nothing rendered here."""
+    from qwen_eval.requests import Choice, Generate
+
+    out = []
+    for r in requests:
+        messages = tuple(getattr(r, "messages", ()) or ())
+        if not messages and options.enabled and isinstance(r, (Generate, Choice)) and r.context:
+            messages = (("user", r.context),)
+        if messages and options.system is not None and messages[0][0] != "system":
+            messages = (("system", options.system),) + messages
+        out.append(replace(r, context="" if messages else r.context, messages=messages) if messages else r)
+    return out
+
+
 def render_requests(requests: Sequence[Any], template: ChatTemplate | None, options: ChatOptions) -> list[Any]:
     """Chat requests as the plain requests the backend answers: messages rendered with the
     template, the task's prefill appended, generation stopped at the template's end of turn.
@@ -218,14 +235,28 @@ class ChatBackend:
                 "end_of_turn": self.template.end_of_turn if self.template else None}
         return {**self.inner.describe(), "name": self.name, "fingerprint": self.fingerprint, "chat": chat}
 
+    def _rendered(self, requests):
+        if getattr(self.inner, "renders_chat", False):
+            return server_turns(requests, self.options)
+        return render_requests(requests, self.template, self.options)
+
     def choice(self, requests):
-        return self.inner.choice(render_requests(requests, self.template, self.options))
+        return self.inner.choice(self._rendered(requests))
 
     def generate(self, requests):
-        return self.inner.generate(render_requests(requests, self.template, self.options))
+        return self.inner.generate(self._rendered(requests))
 
-    def generate_streaming(self, requests, on_done):  # explicit: __getattr__ would skip the template
-        return self.inner.generate_streaming(render_requests(requests, self.template, self.options), on_done)
+    @property
+    def streams(self) -> frozenset[str]:
+        return self.inner.streams
+
+    def answer_streaming(self, kind, requests, on_done):  # explicit: __getattr__ would skip the template
+        if kind != "rolling":
+            requests = self._rendered(requests)
+        return self.inner.answer_streaming(kind, requests, on_done)
+
+    def generate_streaming(self, requests, on_done):
+        return self.answer_streaming("generate", requests, on_done)
 
     def rolling(self, requests):
         return self.inner.rolling(requests)
@@ -236,4 +267,6 @@ def wrap(backend: Any, options: ChatOptions, task: Any) -> Any:
     chat.enabled is set (the template is resolved now, so a missing one fails before any work)."""
     if not (options.enabled or task.uses_chat):
         return backend
+    if getattr(backend, "renders_chat", False):  # the server applies its own template
+        return ChatBackend(backend, None, options)
     return ChatBackend(backend, resolve_template(options, backend), options)

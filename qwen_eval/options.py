@@ -25,8 +25,9 @@ DATA_SOURCES = ("auto", "local", "hub", "sample")
 PROTOCOLS = ("qwen", "clean")
 GROUPS = ("task", "model", "suite")
 # task./model. options that count something: a whole number >= 1 when set (max_retries: >= 0)
-COUNT_OPTIONS = ("max_new_tokens", "n", "max_length", "max_batch_tokens", "concurrency", "workers", "memory_mb")
-NONNEGATIVE_OPTIONS = ("max_retries",)
+COUNT_OPTIONS = ("max_new_tokens", "n", "max_length", "max_batch_tokens", "concurrency", "workers", "memory_mb",
+                 "replicas", "replica_chunk", "tensor_parallel_size", "pipeline_parallel_size")
+NONNEGATIVE_OPTIONS = ("max_retries", "replica_restarts")
 SECONDS_OPTIONS = ("timeout",)  # a whole number of seconds by default, a fraction allowed
 
 

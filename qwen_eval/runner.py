@@ -73,11 +73,11 @@ def answer_requests(requests: Sequence[Request], backend: Backend, *, cache: Ans
     answer = {"choice": store.choice, "generate": store.generate, "rolling": store.rolling}
     for kind in ("choice", "generate", "rolling"):
         mine = [batch_keys for k, batch_keys in my_batches if k == kind]
-        if kind == "generate" and mine and store.streams_generation:
+        if mine and kind in store.streams:
             # all of them in one call: the engine's decode batch refills as rows end, so no
             # batch_size chunk waits alone for its longest answer; committed every batch_size answers
-            store.generate_streaming([unique[k] for batch_keys in mine for k in batch_keys],
-                                     lambda i, result: advance(1), commit_every=batch_size)
+            store.answer_streaming(kind, [unique[k] for batch_keys in mine for k in batch_keys],
+                                   lambda i, result: advance(1), commit_every=batch_size)
             continue
         for batch_keys in mine:
             answer[kind]([unique[k] for k in batch_keys])  # computed, committed to the cache, kept in store

@@ -73,13 +73,13 @@ def test_a_backend_returning_too_few_answers_is_an_error():
 class Streaming(Counting):
     """Reports answers one at a time, in reverse order, and can fail after `fail_after` of them."""
 
-    streams_generation = True
+    streams = frozenset({"generate"})
 
     def __init__(self, fail_after: int | None = None):
         super().__init__()
         self.fail_after = fail_after
 
-    def generate_streaming(self, requests, on_done):
+    def answer_streaming(self, kind, requests, on_done):
         self.batches.append([r.context for r in requests])
         results = [GenerateResult((r.context.upper(),)) for r in requests]
         for n, i in enumerate(reversed(range(len(requests)))):
@@ -120,7 +120,7 @@ def test_a_backend_that_does_not_stream_reports_after_its_call():
     order: list[int] = []
     got = CachingBackend(inner, None).generate_streaming([Generate("x"), Generate("y")], lambda i, r: order.append(i))
     assert [r.texts[0] for r in got] == ["X", "Y"] and order == [0, 1] and inner.batches == [["x", "y"]]
-    assert not CachingBackend(inner, None).streams_generation and CachingBackend(Streaming(), None).streams_generation
+    assert not CachingBackend(inner, None).streams and CachingBackend(Streaming(), None).streams == {"generate"}
 
 
 def test_the_runner_gives_a_streaming_backend_all_generate_requests_in_one_call(tmp_path):

@@ -184,7 +184,7 @@ def test_streamed_chat_generation_is_rendered_too():
     backend.generate_streaming([Generate("Hi?")], lambda i, r: reported.append((i, r.texts)))
     assert inner.seen[0].context.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
     assert inner.seen[0].stop[-1] == "<|im_end|>"
-    assert reported == [(0, ("ok",))] and backend.streams_generation is False
+    assert reported == [(0, ("ok",))] and backend.streams == frozenset()
 
 
 def test_no_template_is_one_clear_line():

@@ -228,7 +228,28 @@ def test_servers_without_prompt_logprobs_are_refused_for_choice():
         with fake_server(lambda h, n, lp=logprobs: (200, completion("Answer: B", lp), {})) as (url, seen):
             with pytest.raises(UserError, match=r"does not return prompt logprobs \(echo=true\); Choice .* vLLM"):
                 OpenAIBackend(url, "m").choice([Choice("Answer:", (" A", " B"))])
-        assert seen[0]["echo"] is True and seen[0]["logprobs"] == 1 and seen[0]["max_tokens"] == 1
+        # first the next token's top log-probabilities (" A" is not among them), then the echo request
+        assert "echo" not in seen[0] and seen[0]["logprobs"] == 20 and seen[0]["prompt"] == "Answer:"
+        assert seen[1]["echo"] is True and seen[1]["logprobs"] == 1 and seen[1]["max_tokens"] == 1
+        assert seen[1]["prompt"] == "Answer: A"
+
+
+def test_first_token_scores_are_the_same_read_from_top_logprobs_or_echoed(server, local):
+    """Answer letters read from the next token's top log-probabilities, where they are there, and
+    echo requests for the others, give the bundled engine's scores; top_logprobs=0 echoes every
+    letter. (The random tiny model rarely ranks a letter in its top 20; tests/test_vllm_server.py
+    checks one request per question on the real model.)"""
+    requests = mmlu_requests(4) + [Choice("Answer:", (" the", " a"))]
+    expected = local.choice(requests)
+    counts = {}
+    for top in (20, 0):
+        backend = build({"backend": "openai", "base_url": f"{server}/v1", "model": "tiny", "max_length": 2048,
+                         "top_logprobs": top, "max_retries": 0})
+        got = backend.choice(requests)
+        counts[top] = backend.echo_requests
+        for e, g in zip(expected, got):
+            assert g.logprobs == pytest.approx(e.logprobs, abs=1e-4) and g.is_greedy == e.is_greedy
+    assert counts[0] == sum(len(r.continuations) for r in requests) and counts[20] <= counts[0]
 
 
 def test_api_key_goes_in_the_header_and_never_in_the_config(monkeypatch):

@@ -19,12 +19,15 @@ from qwen_eval.errors import UserError
 
 __all__ = ["BACKENDS", "Backend", "build", "unsupported"]
 
-BACKENDS = ("qwen", "hf", "replay", "openai")
+BACKENDS = ("qwen", "hf", "replay", "openai", "vllm")
 
 
 def build(model_cfg: Mapping[str, Any], *, seed: int = 1234) -> Backend:
     """The backend named by `model.backend`, built from the `model` config group."""
     kind = model_cfg.get("backend")
+    if int(model_cfg.get("replicas") or 1) > 1:
+        from qwen_eval.backends.replicas import ReplicaPool
+        return ReplicaPool(model_cfg, seed=seed)
     if kind == "qwen":
         from qwen_eval.backends.qwen import QwenBackend
         return QwenBackend.from_config(model_cfg, seed=seed)
@@ -37,4 +40,7 @@ def build(model_cfg: Mapping[str, Any], *, seed: int = 1234) -> Backend:
     if kind == "openai":
         from qwen_eval.backends.openai import OpenAIBackend
         return OpenAIBackend.from_config(model_cfg)
+    if kind == "vllm":
+        from qwen_eval.backends.vllm import VLLMBackend
+        return VLLMBackend.from_config(model_cfg, seed=seed)
     raise UserError(f"model.backend={kind!r} is not a backend; valid: {', '.join(BACKENDS)}")

@@ -4,7 +4,7 @@ the chat layer call (each declared here with its default, so no caller looks a h
     choice(requests)   -> list[ChoiceResult]
     generate(requests) -> list[GenerateResult]
     rolling(requests)  -> list[RollingResult]
-    generate_streaming(requests, on_done) -> list[GenerateResult]   (on_done(i, result) per answer)
+    answer_streaming(kind, requests, on_done) -> list[...]   (on_done(i, result) per answer)
 
 A backend that cannot answer a request type raises UserError naming the type and the backend
 (the defaults here do). `fingerprint` identifies everything that changes answers (weights,
@@ -33,6 +33,7 @@ class Backend:
     path: str | None = None  # the checkpoint or file it answers from, if any
     chat_template: str | None = None  # the checkpoint's own chat template (qwen_eval.chat), if it has one
     checkpoint_format: str | None = None  # "tiny", "qwen" (Qwen-1, ChatML without a template) or "qwen2"
+    renders_chat: bool = False  # takes chat turns as messages and applies its own template (a chat API)
 
     def describe(self) -> dict[str, Any]:
         """name, path, dtype, fingerprint (and anything else worth recording in results.json)."""
@@ -47,19 +48,24 @@ class Backend:
     def rolling(self, requests: Sequence[Rolling]) -> list[RollingResult]:
         raise unsupported(self.name, "Rolling")
 
-    # A backend that batches generation itself (the bundled engine: a token budget, and a decode
-    # batch that refills as rows end) takes all of a run's Generate requests in one call and
-    # reports each answer as it ends; the others get the runner's batches of batch_size.
-    streams_generation: bool = False
+    # The request kinds a backend batches itself (the bundled engine's generation: a token budget,
+    # and a decode batch that refills as rows end; vLLM and a pool of Ray replicas: every kind).
+    # The runner hands it all of a run's requests of such a kind in one answer_streaming call, and
+    # it reports each answer as it ends; the other kinds come in the runner's batches of batch_size.
+    streams: frozenset[str] = frozenset()
 
-    def generate_streaming(self, requests: Sequence[Generate],
-                           on_done: Callable[[int, GenerateResult], None]) -> list[GenerateResult]:
-        """generate(requests), calling on_done(i, result) for each answer once it is known.
-        Default: all of them after generate returns."""
-        results = self.generate(requests)
+    def answer_streaming(self, kind: str, requests: Sequence[Request],
+                         on_done: Callable[[int, Any], None]) -> list[Any]:
+        """The answers to `requests` (all of one `kind`), calling on_done(i, result) for each once
+        it is known. Default: the kind's method, then every answer in order."""
+        results = {"choice": self.choice, "generate": self.generate, "rolling": self.rolling}[kind](requests)
         for i, result in enumerate(results):
             on_done(i, result)
         return results
+
+    def generate_streaming(self, requests: Sequence[Generate],
+                           on_done: Callable[[int, GenerateResult], None]) -> list[GenerateResult]:
+        return self.answer_streaming("generate", requests, on_done)
 
     def bind_documents(self, doc_requests: Mapping[str, Sequence[Request]]) -> None:
         """Called once per task before any request, with each document's requests (doc id ->

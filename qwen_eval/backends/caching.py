@@ -3,7 +3,7 @@
     cached = CachingBackend(backend, cache)        # cache: an AnswerCache, or None (memory only)
     todo = cached.load(requests)                   # dedupe; read stored answers; the keys still to compute
     cached.generate(batch)                         # computes only what has no answer, stores it, returns all
-    cached.generate_streaming(requests, on_done)   # the same for a streaming backend, stored as answers end
+    cached.answer_streaming(kind, requests, on_done)  # the same for a streaming backend, stored as answers end
     cached.answers_for(requests)                   # every answer, aligned with the requests
 
 Answers are keyed by (the inner backend's fingerprint, `request_key(request)`): the same request
@@ -112,13 +112,18 @@ class CachingBackend(Backend):
         return self._answer("rolling", requests)
 
     @property
-    def streams_generation(self) -> bool:
-        return bool(getattr(self.inner, "streams_generation", False))
+    def streams(self) -> frozenset[str]:
+        return frozenset(getattr(self.inner, "streams", frozenset()))
 
     def generate_streaming(self, requests: Sequence[Generate],
                            on_done: Callable[[int, GenerateResult], None] | None = None, *,
                            commit_every: int = 16) -> list[GenerateResult]:
-        """Like generate, in one call to the inner backend's generate_streaming: each answer is
+        return self.answer_streaming("generate", requests, on_done, commit_every=commit_every)
+
+    def answer_streaming(self, kind: str, requests: Sequence[Request],
+                         on_done: Callable[[int, Response], None] | None = None, *,
+                         commit_every: int = 16) -> list[Response]:
+        """Like the kind's method, in one call to the inner backend's answer_streaming: each answer is
         kept as it ends and committed every `commit_every` answers (and at the end, or when the
         call raises), so a killed run keeps all but the last few finished answers.
         on_done(i, result) follows each answer, i indexing `requests`."""
@@ -135,10 +140,10 @@ class CachingBackend(Backend):
                 self.cache.put_many(self.fingerprint, pending)
             pending.clear()
 
-        def done(j: int, result: GenerateResult) -> None:
+        def done(j: int, result: Response) -> None:
             key = missing_keys[j]
             self.answers[key] = self.computed[key] = result
-            pending.append((key, "generate", result))
+            pending.append((key, kind, result))
             if len(pending) >= commit_every:
                 commit()
             if on_done is not None:
@@ -151,14 +156,14 @@ class CachingBackend(Backend):
                     on_done(i, self.answers[k])
         if missing:
             try:
-                results = self.inner.generate_streaming(list(missing.values()), done)
+                results = self.inner.answer_streaming(kind, list(missing.values()), done)
             finally:
                 commit()
             if len(results) != len(missing):
                 raise RuntimeError(f"backend {self.name} returned {len(results)} answers for {len(missing)} "
-                                   "generate requests")
+                                   f"{kind} requests")
             unreported = [k for k in missing_keys if k not in self.answers]
             if unreported:
                 raise RuntimeError(f"backend {self.name} did not report {len(unreported)} of its "
-                                   f"{len(missing)} generate answers as they ended")
+                                   f"{len(missing)} {kind} answers as they ended")
         return [self.answers[k] for k in keys]

@@ -7,7 +7,13 @@ The path for models that need tensor parallelism: the server shards the model, w
   Generate  POST /completions with the request's stop strings, max_tokens, temperature, top_p,
             top_k (only when set: a vLLM extension), n and seed; each text is cut at the stop
             strings again here, since servers differ in where they stop.
-  Choice    POST /completions with prompt = context + continuation, echo=true, logprobs=1 and
+  Choice    Answer letters first (Qwen's first-token protocol): one POST /completions per question
+            with prompt = context, max_tokens=1, temperature 0 and logprobs=`top_logprobs`; a
+            continuation that is one of the next token's top log-probabilities is scored from
+            them (greedy when it is the generated token). That is the bundled engine's
+            single-token score, in one request instead of one echo request per letter. Any
+            continuation not found there (longer than one token, or outside the top k) is asked:
+            POST /completions with prompt = context + continuation, echo=true, logprobs=1 and
             max_tokens=1 (vLLM rejects 0; the one generated token is ignored). The server
             tokenizes; the continuation's log-probability is the sum over the prompt tokens that
             cover its characters (by `text_offset`), and it is greedy when each of those tokens is
@@ -17,6 +23,12 @@ The path for models that need tensor parallelism: the server shards the model, w
             like the bundled engine. A text must fit the server's context in one window: the
             server tokenizes, so windows (and the bundled model's long-context switches) cannot be
             sent, and such requests stop with a clear error.
+
+  Chat      with `chat_completions=true` a chat request (a task's turns, or chat.enabled) is sent
+            to POST /chat/completions as messages, and the server applies its own template; a
+            task's reply prefix goes as a final assistant message continued by the server
+            (vLLM's continue_final_message). Off by default: the harness renders the template and
+            sends /completions, so the server sees the bundled engine's bytes.
 
 One prompt per HTTP request, `concurrency` requests in flight (the server batches them). Connection
 errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff (Retry-After honoured);
@@ -60,7 +72,7 @@ class RetryableError(Exception):
 class OpenAIBackend(Backend):
     def __init__(self, base_url: str, model: str, *, name: str | None = None, api_key: str | None = None,
                  timeout: float = 600.0, max_retries: int = 5, retry_backoff: float = 1.0, concurrency: int = 8,
-                 max_length: int | None = None):
+                 max_length: int | None = None, top_logprobs: int = 20, chat_completions: bool = False):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._name = name
@@ -73,7 +85,10 @@ class OpenAIBackend(Backend):
             raise UserError(f"model=openai: concurrency ({concurrency}) must be >= 1, max_retries ({max_retries}) "
                             f">= 0 and timeout ({timeout}) > 0")
         self.max_length = int(max_length or DEFAULT_MAX_LENGTH)
+        self.top_logprobs = int(top_logprobs)
+        self.renders_chat = bool(chat_completions)
         self.tokens_processed = 0
+        self.echo_requests = 0  # Choice continuations that needed an echo request of their own
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai")
 
     @property
@@ -83,7 +98,8 @@ class OpenAIBackend(Backend):
     @property
     def fingerprint(self) -> str:
         """The server and the model it serves: another server or model never reuses cached answers."""
-        identity = json.dumps({"base_url": self.base_url, "model": self.model}, sort_keys=True)
+        identity = json.dumps({"base_url": self.base_url, "model": self.model,
+                               **({"chat_completions": True} if self.renders_chat else {})}, sort_keys=True)
         return "openai-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     @classmethod
@@ -108,7 +124,8 @@ class OpenAIBackend(Backend):
                       api_key=os.environ.get(cfg.get("api_key_env") or "OPENAI_API_KEY"),
                       timeout=option("timeout", 600.0, float), max_retries=option("max_retries", 5, int),
                       retry_backoff=option("retry_backoff", 1.0, float), concurrency=option("concurrency", 8, int),
-                      max_length=option("max_length", None, int))
+                      max_length=option("max_length", None, int), top_logprobs=option("top_logprobs", 20, int),
+                      chat_completions=bool(cfg.get("chat_completions", False)))
         if backend.model and cfg.get("max_length"):
             return backend
         served = backend.list_models()
@@ -128,7 +145,8 @@ class OpenAIBackend(Backend):
         checkpoint = {"name": base_model_name(str(self.model or self.name)), "source_name": self.model,
                       "format": f"served at {self.base_url}", "quantization": None, "files": [], "sha256": None}
         return {"name": self.name, "backend": "openai", "path": self.base_url, "model": self.model, "dtype": None,
-                "fingerprint": self.fingerprint, "max_length": self.max_length, "checkpoint": checkpoint}
+                "fingerprint": self.fingerprint, "max_length": self.max_length, "top_logprobs": self.top_logprobs,
+                "chat_completions": self.renders_chat, "checkpoint": checkpoint}
 
     # ------------------------------------------------------------------------------------------
     # HTTP
@@ -189,12 +207,13 @@ class OpenAIBackend(Backend):
             raise UserError(f"model=openai: GET {self.base_url}/models did not answer an OpenAI model list")
         return [m for m in data if isinstance(m, dict) and "id" in m]
 
-    def complete(self, payload: dict) -> dict:
-        """POST /completions for one prompt; the reply's choices, checked, in index order."""
-        reply = self._call("POST", "/completions", {"model": self.model, **payload})
+    def complete(self, payload: dict, endpoint: str = "/completions") -> dict:
+        """POST /completions (or /chat/completions) for one prompt; the reply's choices, checked,
+        in index order."""
+        reply = self._call("POST", endpoint, {"model": self.model, **payload})
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
-            raise UserError(f"model=openai: {self.base_url}/completions answered without choices: "
+            raise UserError(f"model=openai: {self.base_url}{endpoint} answered without choices: "
                             f"{json.dumps(reply)[:200]}")
         usage = reply.get("usage") or {}
         self.tokens_processed += int(usage.get("total_tokens") or 0)
@@ -215,16 +234,28 @@ class OpenAIBackend(Backend):
             raise UserError(f"model=openai cannot cap context + generated tokens at {r.max_length} (the request's "
                             f"max_length): it does not count the server's tokens; serve the model with that context "
                             f"length (vLLM: --max-model-len {r.max_length}) and set task.max_length=null")
-        payload: dict[str, Any] = {"prompt": r.context, "max_tokens": r.max_new_tokens, "temperature": r.temperature,
+        payload: dict[str, Any] = {"max_tokens": r.max_new_tokens, "temperature": r.temperature,
                                    "top_p": r.top_p, "n": r.n, "seed": r.seed}
         if r.stop:
             payload["stop"] = list(r.stop)
         if r.top_k:
             payload["top_k"] = r.top_k
-        choices = self.complete(payload)["choices"]
-        if len(choices) != r.n:
-            raise UserError(f"model=openai: asked {self.base_url} for n={r.n} completions, got {len(choices)}")
-        return GenerateResult(tuple(cut_at_stop(str(c.get("text") or ""), r.stop) for c in choices))
+        if r.messages:
+            if not self.renders_chat:
+                raise UserError("model=openai: a chat request reached the completions API unrendered; "
+                                "set model.chat_completions=true, or let the harness render it (the default)")
+            messages = [{"role": role, "content": content} for role, content in r.messages]
+            if r.prefill:  # the reply's first words, continued by the server (vLLM's extension)
+                messages.append({"role": "assistant", "content": r.prefill})
+                payload.update(add_generation_prompt=False, continue_final_message=True)
+            choices = self.complete({"messages": messages, **payload}, "/chat/completions")["choices"]
+            texts = [str((c.get("message") or {}).get("content") or "") for c in choices]
+        else:
+            choices = self.complete({"prompt": r.context, **payload})["choices"]
+            texts = [str(c.get("text") or "") for c in choices]
+        if len(texts) != r.n:
+            raise UserError(f"model=openai: asked {self.base_url} for n={r.n} completions, got {len(texts)}")
+        return GenerateResult(tuple(cut_at_stop(text, r.stop) for text in texts))
 
     def _prompt_logprobs(self, prompt: str) -> tuple[list[float | None], list[bool], list[int]]:
         """Per prompt token: its log-probability (None for the first), whether it is the most
@@ -244,13 +275,32 @@ class OpenAIBackend(Backend):
         return logprobs[:n], greedy, offsets[:n]
 
     def choice(self, requests: Sequence[Choice]) -> list[ChoiceResult]:
-        jobs = [(r, c) for r in requests for c in r.continuations]
-        scores = iter(self._map(lambda job: self._continuation_score(*job), jobs))
+        if any(r.messages for r in requests):
+            raise unsupported("openai", "chat Choice requests with model.chat_completions=true",
+                              "a chat API cannot score continuations; set model.chat_completions=false")
+        first = self._map(self._next_token_scores, requests)  # per request: continuation -> (lp, greedy)
+        jobs = [(r, c) for r, known in zip(requests, first) for c in r.continuations if c not in known]
+        self.echo_requests += len(jobs)
+        asked = dict(zip(((id(r), c) for r, c in jobs), self._map(lambda job: self._continuation_score(*job), jobs)))
         results = []
-        for r in requests:
-            pairs = [next(scores) for _ in r.continuations]
+        for r, known in zip(requests, first):
+            pairs = [known[c] if c in known else asked[(id(r), c)] for c in r.continuations]
             results.append(ChoiceResult(tuple(lp for lp, _ in pairs), tuple(g for _, g in pairs)))
         return results
+
+    def _next_token_scores(self, request: Choice) -> dict[str, tuple[float, bool]]:
+        """The continuations found among the next token's top log-probabilities, each with its
+        log-probability and whether it is the greedy token; {} when none can be read that way."""
+        if self.top_logprobs <= 0 or not request.context or not all(request.continuations):
+            return {}
+        choice = self.complete({"prompt": request.context, "max_tokens": 1, "temperature": 0.0,
+                                "logprobs": self.top_logprobs})["choices"][0]
+        lp = choice.get("logprobs")
+        tops = lp.get("top_logprobs") if isinstance(lp, dict) else None
+        if not tops or not isinstance(tops[0], dict):
+            return {}
+        top, greedy = tops[0], (lp.get("tokens") or [None])[0]
+        return {c: (float(top[c]), c == greedy) for c in request.continuations if c in top}
 
     def _continuation_score(self, request: Choice, continuation: str) -> tuple[float, bool]:
         if not continuation:

@@ -179,10 +179,12 @@ class QwenBackend(Backend):
     def generate(self, requests: Sequence[Generate]) -> list[GenerateResult]:
         return self._released(self.engine.generate(requests))
 
-    streams_generation = True
+    streams = frozenset({"generate"})
 
-    def generate_streaming(self, requests: Sequence[Generate],
-                           on_done: Callable[[int, GenerateResult], None]) -> list[GenerateResult]:
+    def answer_streaming(self, kind: str, requests: Sequence[Any], on_done: Callable[[int, Any], None]) -> list[Any]:
+        if kind != "generate":
+            return super().answer_streaming(kind, requests, on_done)
+
         def done(index: int, result: GenerateResult) -> None:  # one call serves a whole run
             on_done(index, result)
             self._released(None)
