@@ -22,7 +22,7 @@ import torch
 
 from qwen_eval.errors import UserError
 
-EXPORT_VERSION = "1"  # bump when the folder's content changes for the same input
+EXPORT_VERSION = "2"  # bump when the folder's content changes for the same input
 
 
 def export_root() -> Path:
@@ -70,6 +70,9 @@ def write_hf_folder(gguf_file: Path, target: Path, dtype: torch.dtype, *, sha256
     config = json.loads((partial / "config.json").read_text(encoding="utf-8"))
     config["eos_token_id"] = stops[0] if len(stops) == 1 else stops
     config["bos_token_id"] = tokenizer.eod_id
+    import transformers  # the version the folder is written for (older ones trip a Mistral-regex check)
+
+    config["transformers_version"] = transformers.__version__
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (partial / "generation_config.json").write_text(json.dumps({"eos_token_id": stops, "do_sample": False},
                                                                indent=2) + "\n", encoding="utf-8")

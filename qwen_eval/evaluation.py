@@ -147,7 +147,7 @@ def results_record(task: Task, backend: Backend, result: EvalResult, loaded: Loa
         "code": loaded.code,
         "git_commit": loaded.code["commit"],
         "machine": provenance.machine_identity(),
-        "timing": {"wall_seconds": wall, **{k: v for k, v in result.timing.items()
+        "timing": {"wall_seconds": wall, "load_seconds": getattr(backend, "load_seconds", None), **{k: v for k, v in result.timing.items()
                                             if k not in ("requests_total", "requests_cached")},
                    "peak_rss_bytes": provenance.peak_rss_bytes()},
         "world_size": distributed.world_size(),

