@@ -19,11 +19,11 @@ TINY = {"backend": "qwen", "name": "tiny", "preset": "tiny", "device": "cpu", "d
 
 @pytest.fixture(scope="module")
 def pool():
-    from qwen_eval.backends.replicas import ReplicaPool
+    from qwen_eval.backends import build
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        yield ReplicaPool({**TINY, "replicas": 2, "replica_chunk": 2, "replica_cpus": 1})
+        yield build({**TINY, "replicas": 2, "replica_chunk": 2, "replica_cpus": 1})
     finally:
         ray.shutdown()
 

@@ -36,7 +36,7 @@ def _build(model_cfg: Mapping[str, Any], *, seed: int) -> Backend:
     kind = model_cfg.get("backend")
     if int(model_cfg.get("replicas") or 1) > 1:
         from qwen_eval.backends.replicas import ReplicaPool
-        return ReplicaPool(model_cfg, seed=seed)
+        return ReplicaPool(model_cfg, build, seed=seed)
     if kind == "qwen":
         from qwen_eval.backends.qwen import QwenBackend
         return QwenBackend.from_config(model_cfg, seed=seed)

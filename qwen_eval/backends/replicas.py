@@ -3,8 +3,8 @@
     qwen-eval task=mmlu model=vllm model.path=/models/Qwen2.5-7B model.replicas=8            # one node, 8 GPUs
     qwen-eval task=mmlu model=vllm model.path=... model.replicas=16 model.ray_address=auto   # a Ray cluster
 
-Each replica is an actor that builds the configured backend once (`backends.build`, the config
-less `replicas`) and answers chunks of requests; the pool is itself a backend, so the runner, the
+Each replica is an actor that builds the configured backend once (`backends.build` with the
+config less `replicas`) and answers chunks of requests; the pool is itself a backend, so the runner, the
 answer cache and the chat layer treat it as one engine. Requests arrive sorted (the runner keeps
 few-shot prefixes together) and are cut into contiguous chunks of `model.replica_chunk`, so a chunk
 still shares its prefix; each replica holds two chunks at a time and takes the next as one returns.
@@ -33,9 +33,7 @@ IN_FLIGHT_PER_REPLICA = 2  # chunks a replica holds: one computing, one waiting,
 class Replica:
     """One Ray actor's backend (the class is wrapped by ray.remote in ReplicaPool)."""
 
-    def __init__(self, cfg: Mapping[str, Any], seed: int):
-        from qwen_eval.backends import build
-
+    def __init__(self, build: Callable[..., Backend], cfg: Mapping[str, Any], seed: int):
         self.backend = build(cfg, seed=seed)
 
     def info(self) -> dict[str, Any]:
@@ -63,8 +61,11 @@ def import_ray():
 class ReplicaPool(Backend):
     streams = frozenset({"choice", "generate", "rolling"})
 
-    def __init__(self, cfg: Mapping[str, Any], *, seed: int = 1234):
+    def __init__(self, cfg: Mapping[str, Any], build: Callable[..., Backend], *, seed: int = 1234):
+        """build(cfg, seed=...) makes one replica's backend (backends.build, handed in so this
+        module does not import the package that imports it)."""
         ray = import_ray()
+        self._build = build
         self._ray = ray
         self.replicas = int(cfg.get("replicas") or 1)
         self.chunk = int(cfg.get("replica_chunk") or 16)
@@ -102,7 +103,7 @@ class ReplicaPool(Backend):
         self.tokens_processed = 0
 
     def _start(self):
-        return self._actor_class.remote(self.inner_cfg, self.seed)
+        return self._actor_class.remote(self._build, self.inner_cfg, self.seed)
 
     def describe(self) -> dict[str, Any]:
         return {**self._describe, "replicas": self.replicas, "ray": {**self.resources, "restarts": self.restarts}}
