@@ -52,11 +52,14 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--packed-weights", default="auto", choices=("auto", "false"),
+                   help="model.packed_weights: bf16 weights packed once for oneDNN (model/linear.py), or dense")
     args = p.parse_args()
 
     from qwen_eval.backends.qwen import QwenBackend
 
-    backend = QwenBackend.from_config({"name": "qwen", "path": str(args.gguf), "device": "cpu", "dtype": args.dtype})
+    backend = QwenBackend.from_config({"name": "qwen", "path": str(args.gguf), "device": "cpu", "dtype": args.dtype,
+                                       "packed_weights": args.packed_weights != "false"})
     requests = requests_for(args.case, args.n, args.subjects, args.max_new_tokens)
     answer = backend.choice if args.case == "mmlu" else backend.generate
     batches = [requests[i:i + args.batch_size] for i in range(0, len(requests), args.batch_size)]

@@ -35,7 +35,10 @@ CASES = {
     "gsm8k-16": (["task=gsm8k", "shots=8", "limit=16"], "gsm8k"),
     "gsm8k-full": (["task=gsm8k", "shots=8"], "gsm8k"),
 }
-ENGINES = {"bundled": ["model=qwen"], "vllm": ["model=vllm"]}
+# bundled-dense: the bundled engine with its bf16 weights left dense (model.packed_weights=false),
+# the engine before model/linear.py; the same as `bundled` in fp32
+ENGINES = {"bundled": ["model=qwen"], "bundled-dense": ["model=qwen", "model.packed_weights=false"],
+           "vllm": ["model=vllm"]}
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -121,9 +124,9 @@ def main() -> int:
                 measured[engine] = {"engine": timing["answer_seconds"], "load": timing.get("load_seconds"),
                                     "wall": wall, "peak_gib": peak / 2**30, "samples": samples(out)}
                 m = measured[engine]
-                print(f"{case:11s} {dtype:8s} {engine:7s} engine {m['engine']:8.1f} s  load {m['load'] or 0:6.1f} s  "
+                print(f"{case:11s} {dtype:8s} {engine:13s} engine {m['engine']:8.1f} s  load {m['load'] or 0:6.1f} s  "
                       f"wall {wall:8.1f} s  peak {m['peak_gib']:5.1f} GiB", flush=True)
-            if len(measured) == 2:
+            if "bundled" in measured and "vllm" in measured:
                 a, b = measured["bundled"], measured["vllm"]
                 same_pred = sum(x["prediction"] == y["prediction"] for x, y in zip(a["samples"], b["samples"]))
                 same_text = sum(x.get("response") == y.get("response") for x, y in zip(a["samples"], b["samples"]))

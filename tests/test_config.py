@@ -44,7 +44,9 @@ def test_a_task_yaml_composes_into_its_class_defaults(composer, name):
 @pytest.mark.parametrize("name", _names("model"))
 def test_a_model_yaml_composes(composer, name):
     cfg = OmegaConf.to_container(composer(f"model={name}").model, resolve=True)
-    assert cfg["backend"] in ("qwen", "hf", "replay", "openai")
+    from qwen_eval.backends import BACKENDS
+
+    assert cfg["backend"] in BACKENDS
     assert options.model_defaults(name) == cfg
 
 
@@ -93,7 +95,8 @@ def test_the_bundled_presets_share_one_base_and_restate_none_of_it():
 
 
 def test_no_model_preset_restates_what_its_bases_define():
-    """conf/model_base/every_backend.yaml holds what every backend has (max_new_tokens), bundled.yaml
+    """conf/model_base/every_backend.yaml holds what every backend has (max_new_tokens, the Ray
+    replica options), bundled.yaml
     what the bundled engine's presets share; a preset sets only keys its bases lack or changes."""
     def keys(path: Path) -> dict:
         own = OmegaConf.to_container(OmegaConf.load(path))
@@ -101,7 +104,8 @@ def test_no_model_preset_restates_what_its_bases_define():
         return own
 
     every = keys(CONF / "model_base" / "every_backend.yaml")
-    assert list(every) == ["max_new_tokens"]
+    assert list(every) == ["max_new_tokens", "replicas", "ray_address", "replica_gpus", "replica_cpus",
+                           "replica_chunk", "replica_restarts"]
     assert not set(every) & set(keys(CONF / "model_base" / "bundled.yaml"))
     for name in _names("model"):
         text = (CONF / "model" / f"{name}.yaml").read_text()

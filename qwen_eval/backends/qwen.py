@@ -16,6 +16,7 @@ from qwen_eval.provenance import folder_identity, gguf_identity
 from qwen_eval.model.devices import resolve_device, resolve_dtype
 from qwen_eval.model.engine import Engine
 from qwen_eval.model.host_memory import bound_kernel_caches, release_free_memory
+from qwen_eval.model.linear import pack_cpu_linears, parameter_count
 from qwen_eval.model.loading import weights_fingerprint
 from qwen_eval.model.attention import AttentionUnavailable, resolve_kernel
 from qwen_eval.model.model import Qwen, QwenConfig, random_qwen, resolve_window_attn
@@ -98,8 +99,9 @@ class QwenBackend(Backend):
         self.max_length = engine.max_length
         self.fingerprint = fingerprint
         self.checkpoint: dict[str, Any] = {}  # provenance.checkpoint_identity of the weights
+        self.packed_layers = 0  # linear layers whose weights are packed for oneDNN (model/linear.py)
         self.attention = engine.model.attention_kernel()  # the kernel model.attention resolved to here
-        weight = engine.model.lm_head.weight
+        weight = engine.model.embed.weight  # never packed (model/linear.py)
         self.device, self.dtype = str(weight.device), str(weight.dtype).removeprefix("torch.")
 
     @property
@@ -139,6 +141,9 @@ class QwenBackend(Backend):
                                              option="model.window_attn")
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         model.set_attention(attention)
+        packed = 0
+        if cfg.get("packed_weights", "auto") in ("auto", True) and device.type == "cpu":
+            packed = pack_cpu_linears(model)  # bf16 only; bitwise the same results
         max_length = int(cfg.get("max_length") or mc.seq_length)
         stops = stop_token_ids(cfg.get("stop_token_ids"), loaded.stop_token_ids, tokenizer)
         batch_tokens = cfg.get("max_batch_tokens")  # null: the engine's own default
@@ -151,13 +156,14 @@ class QwenBackend(Backend):
         backend.chat_template = loaded.chat_template
         backend.checkpoint_format = loaded.checkpoint_format
         backend.checkpoint = loaded.identity
+        backend.packed_layers = packed
         return backend
 
     def describe(self) -> dict[str, Any]:
         cfg = self.engine.model.config
         return {"name": self.name, "backend": "qwen", "path": self.path, "dtype": self.dtype,
                 "device": self.device, "fingerprint": self.fingerprint,
-                "parameters": sum(p.numel() for p in self.engine.model.parameters()),
+                "parameters": parameter_count(self.engine.model), "packed_weights": self.packed_layers,
                 "seq_length": cfg.seq_length, "use_dynamic_ntk": cfg.use_dynamic_ntk,
                 "use_logn_attn": cfg.use_logn_attn, "window_attn": list(cfg.window_attn) if cfg.window_attn else None,
                 "stop_token_ids": sorted(self.engine.stop_token_ids), "attention": self.attention,
