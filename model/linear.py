@@ -1,11 +1,14 @@
 """The bundled model's matmuls on a CPU in bf16, with each weight packed once for oneDNN.
 
 `F.linear` on a bf16 CPU tensor runs oneDNN's matmul, which reorders the [out, in] weight into its
-blocked layout at every call: at a decode step's 16 rows that reorder costs as much as the product
-itself. `pack_cpu_linears(model)` does it once, at load, and each nn.Linear then calls the same
-oneDNN primitive on the packed weight (`torch.ops.mkldnn._linear_pointwise`, the op inductor's CPU
-freezing pass emits). The results are bitwise those of `F.linear` at every row count
-(tests/test_linear.py); benchmarks/packed_linear.py measures the gain.
+blocked layout at every call: at a decode step's 16 rows that reorder costs about half the call.
+`pack_cpu_linears(model)` does it once, at load, and each nn.Linear then calls oneDNN on the
+packed weight (`torch.ops.mkldnn._linear_pointwise`, the op inductor's CPU freezing pass emits)
+for calls of up to PACKED_MAX_ROWS rows: decode steps and last-position logits, where the
+reorder dominates. There the results are bitwise those of `F.linear`; at larger row counts oneDNN
+picks other kernels for the packed weight at some shapes (896 x 896 at 511-513 rows, 896 x 4,864
+at 76-96, on a 2-core AMX Xeon), so those calls run `F.linear` on the weight rebuilt from the
+packed copy, bitwise the dense path (tests/test_linear.py; benchmarks/packed_linear.py measures).
 
 The dense weight is not kept beside the packed one (that would double the weights' memory): a
 packed layer's `weight` is rebuilt from the packed copy when read. So read weights before packing
@@ -17,7 +20,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
+
+# rows (tokens) a call may have to take the packed path: every row count 1-75 was bitwise
+# F.linear's at all the 0.5B model's shapes, 76-96 not at the MLP's down projection
+PACKED_MAX_ROWS = 64
 
 
 def packing_available() -> bool:
@@ -41,6 +49,8 @@ class PackedLinear(nn.Module):
         return self.packed.to_dense()
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.numel() > PACKED_MAX_ROWS * self.in_features:  # prefill and scoring: the dense call's numbers
+            return F.linear(x, self.packed.to_dense(), self.bias)
         if not x.is_contiguous():
             x = x.contiguous()
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

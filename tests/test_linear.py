@@ -7,19 +7,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qwen_eval.model.linear import PackedLinear, pack_cpu_linears, packing_available, parameter_count
+from qwen_eval.model.linear import PACKED_MAX_ROWS, PackedLinear, pack_cpu_linears, packing_available, parameter_count
 from qwen_eval.model.model import QwenConfig, random_qwen
 from qwen_eval.requests import Choice, Generate, Rolling
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN packed linear ops")
 
 
-@pytest.mark.parametrize("shape", [(1, 64), (16, 64), (3, 70, 64), (2049, 64)])
-def test_a_packed_layer_computes_what_f_linear_computes(shape):
+@pytest.mark.parametrize("out_in", [(1152, 896), (896, 896), (4864, 896), (896, 4864)])
+def test_a_packed_layer_computes_what_f_linear_computes_at_every_row_count(out_in):
+    """The real 0.5B model's shapes, every row count of the packed path, a few of the dense one
+    (where oneDNN's packed kernels would differ: 896 x 896 at 512 rows, 896 x 4,864 at 80)."""
     torch.manual_seed(0)
-    dense = nn.Linear(64, 96, bias=True).bfloat16()
+    dense = nn.Linear(out_in[1], out_in[0], bias=True).bfloat16()
     packed = PackedLinear(dense)
-    x = torch.randn(*shape).bfloat16()
+    for rows in [*range(1, PACKED_MAX_ROWS + 1), 80, 96, 512, 700]:
+        x = torch.randn(rows, out_in[1]).bfloat16()
+        assert torch.equal(packed(x), F.linear(x, dense.weight, dense.bias)), rows
+    x = torch.randn(3, 5, out_in[1]).bfloat16()
     assert torch.equal(packed(x), F.linear(x, dense.weight, dense.bias))
     assert torch.equal(packed.weight, dense.weight) and packed.bias is dense.bias
 
