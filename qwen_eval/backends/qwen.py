@@ -142,7 +142,7 @@ class QwenBackend(Backend):
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         model.set_attention(attention)
         packed = 0
-        if cfg.get("packed_weights", "auto") in ("auto", True) and device.type == "cpu":
+        if cfg.get("packed_weights", True) is not False and device.type == "cpu":
             packed = pack_cpu_linears(model)  # bf16 only; bitwise the same results
         max_length = int(cfg.get("max_length") or mc.seq_length)
         stops = stop_token_ids(cfg.get("stop_token_ids"), loaded.stop_token_ids, tokenizer)
