@@ -14,27 +14,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
 
 from qwen_eval.requests import Choice, Generate, Rolling
-from test_vllm import vllm_or_skip
-from qwen_eval.tools import fixtures
+from test_vllm import gguf_path  # noqa: F401  (the module-scoped fixture: vLLM present, the real model fetched)
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow, pytest.mark.vllm]
 STARTUP_SECONDS = 600
 SERVED_NAME = "qwen2.5-coder-0.5b-instruct"
-
-
-@pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    vllm_or_skip()
-    path = Path(os.environ.get("QWEN_EVAL_REAL_MODEL") or fixtures.cached_path("real-0.5b"))
-    if not path.is_file():
-        pytest.skip(f"real model not fetched ({path} is absent): run `python -m qwen_eval.tools.fixtures real-0.5b`")
-    return path
 
 
 def free_port() -> int:

@@ -109,8 +109,6 @@ class VLLMBackend(Backend):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], *, seed: int = 1234) -> "VLLMBackend":
-        import torch
-
         from qwen_eval.backends.qwen import stop_token_ids
         from qwen_eval.model.devices import resolve_device, resolve_dtype
         from qwen_eval.model.gguf import find_gguf, gguf_tokenizer, open_gguf
