@@ -113,7 +113,7 @@ class CachingBackend(Backend):
 
     @property
     def streams(self) -> frozenset[str]:
-        return frozenset(getattr(self.inner, "streams", frozenset()))
+        return self.inner.streams
 
     def generate_streaming(self, requests: Sequence[Generate],
                            on_done: Callable[[int, GenerateResult], None] | None = None, *,

@@ -281,10 +281,10 @@ class OpenAIBackend(Backend):
         first = self._map(self._next_token_scores, requests)  # per request: continuation -> (lp, greedy)
         jobs = [(r, c) for r, known in zip(requests, first) for c in r.continuations if c not in known]
         self.echo_requests += sum(1 for _, c in jobs if c)  # an empty continuation costs no request
-        asked = dict(zip(((id(r), c) for r, c in jobs), self._map(lambda job: self._continuation_score(*job), jobs)))
+        asked = iter(self._map(lambda job: self._continuation_score(*job), jobs))  # in the order of `jobs`
         results = []
         for r, known in zip(requests, first):
-            pairs = [known[c] if c in known else asked[(id(r), c)] for c in r.continuations]
+            pairs = [known[c] if c in known else next(asked) for c in r.continuations]
             results.append(ChoiceResult(tuple(lp for lp, _ in pairs), tuple(g for _, g in pairs)))
         return results
 

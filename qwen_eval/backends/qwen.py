@@ -44,30 +44,54 @@ class Loaded:
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)  # provenance.checkpoint_identity
 
 
-def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
+@dataclasses.dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself, read before (or without) its weights: what the bundled
+    engine loads beside them, and what model=vllm hands vLLM with its own copy of them."""
+
+    tokenizer: Any
+    weights_id: str
+    stop_token_ids: tuple[int, ...]  # declared by the checkpoint (eos ids)
+    chat_template: str | None
+    checkpoint_format: str  # "qwen" (Qwen-1) or "qwen2"
+    identity: dict[str, Any]  # provenance.checkpoint_identity
+    gguf: Any = None  # the opened GGUFCheckpoint, for a .gguf path
+    directory: Path | None = None  # the checkpoint folder, for any other path
+
+
+def read_checkpoint(path: str, cfg: Mapping[str, Any]) -> CheckpointInfo:
     """`model.path`: a .gguf file (or a folder holding one), or a Qwen-1 / Hugging Face checkpoint
-    folder (or a hub id already in the local cache)."""
-    from qwen_eval.model.gguf import find_gguf, from_gguf, gguf_tokenizer, open_gguf
+    folder (or a hub id already in the local cache). `model.tokenizer_path` overrides the tokenizer."""
+    from qwen_eval.model.gguf import find_gguf, gguf_tokenizer, open_gguf
 
     gguf_file = find_gguf(path)
     if gguf_file is not None:
         ckpt = open_gguf(gguf_file)
         tokenizer = (load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path")
                      else gguf_tokenizer(ckpt))
-        loaded = Loaded(from_gguf(ckpt, dtype, device), tokenizer, weights_fingerprint(gguf_file),
-                        ckpt.stop_token_ids, ckpt.chat_template, ckpt.arch, gguf_identity(gguf_file, ckpt.metadata))
-    else:
-        from qwen_eval.chat import checkpoint_template
-        from qwen_eval.model.loading import (checkpoint_format, declared_eos_ids, from_pretrained, read_config_json,
-                                             resolve_checkpoint)
+        return CheckpointInfo(tokenizer, weights_fingerprint(gguf_file), ckpt.stop_token_ids, ckpt.chat_template,
+                              ckpt.arch, gguf_identity(gguf_file, ckpt.metadata), gguf=ckpt)
+    from qwen_eval.chat import checkpoint_template
+    from qwen_eval.model.loading import checkpoint_format, declared_eos_ids, read_config_json, resolve_checkpoint
 
-        directory = Path(resolve_checkpoint(path))
-        config, fmt = read_config_json(directory), None
-        fmt = checkpoint_format(config, directory)
-        loaded = Loaded(from_pretrained(directory, dtype=dtype, device=device),
-                        load_tokenizer(directory, cfg.get("tokenizer_path")), weights_fingerprint(directory),
-                        declared_eos_ids(directory), checkpoint_template(directory), fmt,
-                        folder_identity(directory, config, fmt))
+    directory = Path(resolve_checkpoint(path))
+    config = read_config_json(directory)
+    fmt = checkpoint_format(config, directory)
+    return CheckpointInfo(load_tokenizer(directory, cfg.get("tokenizer_path")), weights_fingerprint(directory),
+                          declared_eos_ids(directory), checkpoint_template(directory), fmt,
+                          folder_identity(directory, config, fmt), directory=directory)
+
+
+def load_checkpoint(path: str, cfg: Mapping[str, Any], dtype: torch.dtype, device: torch.device) -> Loaded:
+    """read_checkpoint(path, cfg), and the weights in `dtype` on `device`."""
+    from qwen_eval.model.gguf import from_gguf
+    from qwen_eval.model.loading import from_pretrained
+
+    info = read_checkpoint(path, cfg)
+    model = (from_gguf(info.gguf, dtype, device) if info.gguf is not None
+             else from_pretrained(info.directory, dtype=dtype, device=device))
+    loaded = Loaded(model, info.tokenizer, info.weights_id, info.stop_token_ids, info.chat_template,
+                    info.checkpoint_format, info.identity)
     if cfg.get("seq_length"):  # where NTK/LogN begin, for any checkpoint (a Qwen-1 GGUF drops it)
         loaded.model.config.seq_length = int(cfg["seq_length"])
     return loaded

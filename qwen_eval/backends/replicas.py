@@ -153,10 +153,8 @@ class ReplicaPool(Backend):
 
     def _replace(self, slot: int, error: Exception, in_flight: dict, waiting: deque, chunk: int) -> None:
         """Replica `slot` died: its chunks go back to the front of the queue, a new replica takes its place."""
-        lost = [chunk] + [c for ref, (s, c) in list(in_flight.items()) if s == slot]
-        for ref in [ref for ref, (s, _) in in_flight.items() if s == slot]:
-            del in_flight[ref]
-        waiting.extendleft(sorted(set(lost), reverse=True))
+        lost = [chunk] + [in_flight.pop(ref)[1] for ref in [r for r, (s, _) in in_flight.items() if s == slot]]
+        waiting.extendleft(sorted(lost, reverse=True))  # extendleft reverses: they go back in order
         if self.restarts >= self.max_restarts:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"Ray replica {slot} died and model.replica_restarts={self.max_restarts} replacements "

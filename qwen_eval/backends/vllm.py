@@ -109,13 +109,9 @@ class VLLMBackend(Backend):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], *, seed: int = 1234) -> "VLLMBackend":
-        from qwen_eval.backends.qwen import stop_token_ids
+        from qwen_eval.backends.qwen import read_checkpoint, stop_token_ids
         from qwen_eval.model.devices import resolve_device, resolve_dtype
-        from qwen_eval.model.gguf import find_gguf, gguf_tokenizer, open_gguf
         from qwen_eval.model.hf_export import hf_folder_for
-        from qwen_eval.model.loading import declared_eos_ids, read_config_json, weights_fingerprint
-        from qwen_eval.model.tokenizer import load_tokenizer
-        from qwen_eval.provenance import folder_identity, gguf_identity
 
         path = cfg.get("path")
         if not path or not Path(str(path)).expanduser().exists():
@@ -128,25 +124,11 @@ class VLLMBackend(Backend):
             os.environ.update(cpu_environment(cfg))
         vllm = import_vllm()
 
-        gguf_file = find_gguf(path)
-        if gguf_file is not None:
-            ckpt = open_gguf(gguf_file)
-            tokenizer = load_tokenizer(None, cfg["tokenizer_path"]) if cfg.get("tokenizer_path") else gguf_tokenizer(ckpt)
-            declared, identity = ckpt.stop_token_ids, gguf_identity(gguf_file, ckpt.metadata)
-            template, fmt = ckpt.chat_template, ckpt.arch
-            folder = hf_folder_for(gguf_file, dtype)
-            del ckpt
-        else:
-            from qwen_eval.chat import checkpoint_template
-            from qwen_eval.model.loading import checkpoint_format
-
-            folder = Path(path)
-            config = read_config_json(folder)
-            fmt = checkpoint_format(config, folder)
-            tokenizer = load_tokenizer(folder, cfg.get("tokenizer_path"))
-            declared, identity = declared_eos_ids(folder), folder_identity(folder, config, fmt)
-            template = checkpoint_template(folder)
-        stops = stop_token_ids(cfg.get("stop_token_ids"), declared, tokenizer)
+        info = read_checkpoint(path, cfg)  # the bundled engine's tokenizer, eos ids, template, identity
+        folder = hf_folder_for(info.gguf.path, dtype) if info.gguf is not None else info.directory
+        info.gguf = None  # done with the file: the export has read its weights (once, when first written)
+        tokenizer = info.tokenizer
+        stops = stop_token_ids(cfg.get("stop_token_ids"), info.stop_token_ids, tokenizer)
 
         settings = {
             "tensor_parallel_size": int(cfg.get("tensor_parallel_size") or 1),
@@ -163,7 +145,7 @@ class VLLMBackend(Backend):
         }
         llm = vllm.LLM(model=str(folder), dtype=str(dtype).removeprefix("torch."), seed=seed, **settings)
         max_length = int(llm.llm_engine.model_config.max_model_len)
-        numerics = {"weights": weights_fingerprint(Path(gguf_file or folder)), "dtype": str(dtype),
+        numerics = {"weights": info.weights_id, "dtype": str(dtype),
                     "max_length": max_length, "seed": seed, "stops": list(stops), "vllm": vllm.__version__,
                     "backend": BACKEND_VERSION, "exact_scoring": bool(cfg.get("exact_scoring", True)),
                     "tp": settings["tensor_parallel_size"], "pp": settings["pipeline_parallel_size"]}
@@ -173,9 +155,9 @@ class VLLMBackend(Backend):
                       dtype=str(dtype).removeprefix("torch."), seed=seed,
                       exact_scoring=bool(cfg.get("exact_scoring", True)),
                       settings={**settings, "vllm": vllm.__version__, "device": device.type})
-        backend.chat_template = template
-        backend.checkpoint_format = fmt
-        backend.checkpoint = identity
+        backend.chat_template = info.chat_template
+        backend.checkpoint_format = info.checkpoint_format
+        backend.checkpoint = info.identity
         return backend
 
     def describe(self) -> dict[str, Any]:
